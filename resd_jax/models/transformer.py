@@ -1,0 +1,251 @@
+"""Decoder-only transformer in Flax NNX: Qwen3, Qwen2/2.5, Llama 3 and SmolLM2 (and Qwen3-MoE via moe.py).
+
+`Transformer(cfg, rngs=...)` holds the parameters; its layers are stacked on a leading `layers` axis and run
+with `jax.lax.scan`, so compile time does not grow with depth. The forward returns final-normed hidden states;
+`logits(hidden)` is separate so losses can work on chunks of positions and never hold [B, L, V] at once.
+
+Left-padded batches are exact: positions are derived from the padding mask and padded keys are masked, so a
+real token's output does not depend on how much padding precedes it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from resd_jax.models.config import ModelConfig
+from resd_jax.models.kv_cache import KVCache
+from resd_jax.parallel import sharding as shd
+
+# A large finite negative: fully masked rows (padding queries) stay finite instead of NaN.
+_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+_F32 = jnp.float32
+
+
+def _dot(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  """einsum with inputs in the compute dtype and float32 accumulation/output."""
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+  x = x.astype(_F32)
+  return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * w.astype(_F32)
+
+
+# ------------------------------------------------------------------------------------------------ rotary
+def inv_frequencies(cfg: ModelConfig) -> jax.Array:
+  """[Dh/2] rotary frequencies, with Llama 3 scaling when configured."""
+  d = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=_F32) / d))
+  if cfg.rope_scaling is None:
+    return inv
+  s = dict(cfg.rope_scaling)
+  factor, lo, hi, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > old / lo, inv / factor, inv)      # long wavelengths: divide by factor
+  smooth = (old / wavelen - lo) / (hi - lo)
+  blended = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+  return jnp.where(medium, blended, scaled)
+
+
+def rotary_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [B, T, Dh] for integer positions [B, T]."""
+  ang = positions.astype(_F32)[..., None] * inv_frequencies(cfg)   # [B, T, Dh/2]
+  ang = jnp.concatenate([ang, ang], axis=-1)                        # [B, T, Dh]
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [B, T, H, Dh] rotated by (cos, sin) [B, T, Dh] (half-split convention)."""
+  half = x.shape[-1] // 2
+  rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def causal_attention(q, k, v, kv_mask, *, block: int, dtype) -> jax.Array:
+  """Causal self-attention computed in query blocks that skip the masked upper triangle.
+
+  q [B, T, H, Dh], k/v [B, T, KVH, Dh], kv_mask [B, T] (False = padding). Returns [B, T, H, Dh] float32.
+  """
+  b, t, h, dh = q.shape
+  kvh = k.shape[2]
+  q = (q * (dh ** -0.5)).reshape(b, t, kvh, h // kvh, dh)
+  outs = []
+  for start in range(0, t, block):
+    end = min(t, start + block)
+    s = _dot("btkgd,bskd->bkgts", q[:, start:end], k[:, :end], dtype)        # [B, KVH, G, tb, end]
+    allowed = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]      # [tb, end]
+    allowed = allowed[None, None, None] & kv_mask[:, None, None, None, :end]
+    p = jax.nn.softmax(jnp.where(allowed, s, _NEG), axis=-1)
+    outs.append(_dot("bkgts,bskd->btkgd", p, v[:, :end], dtype))
+  return jnp.concatenate(outs, axis=1).reshape(b, t, h, dh)
+
+
+def cached_attention(q, k_new, v_new, new_mask, k_old, v_old, old_mask, *, dtype) -> jax.Array:
+  """Attention of T new queries over the S cached keys plus the T new keys (causal among the new).
+
+  q [B, T, H, Dh]; k_new/v_new [B, T, KVH, Dh]; new_mask [B, T]; k_old/v_old [B, S, KVH, Dh]; old_mask [B, S].
+  One softmax over the concatenated scores; the cache itself is never concatenated or copied.
+  """
+  b, t, h, dh = q.shape
+  kvh = k_new.shape[2]
+  s_len = k_old.shape[1]
+  q = (q * (dh ** -0.5)).reshape(b, t, kvh, h // kvh, dh)
+  s_old = _dot("btkgd,bskd->bkgts", q, k_old, dtype)                         # [B, KVH, G, T, S]
+  s_old = jnp.where(old_mask[:, None, None, None, :], s_old, _NEG)
+  s_new = _dot("btkgd,bskd->bkgts", q, k_new, dtype)                         # [B, KVH, G, T, T]
+  allowed = (jnp.arange(t)[:, None] >= jnp.arange(t)[None, :])[None, None, None]
+  s_new = jnp.where(allowed & new_mask[:, None, None, None, :], s_new, _NEG)
+  p = jax.nn.softmax(jnp.concatenate([s_old, s_new], axis=-1), axis=-1)
+  out = _dot("bkgts,bskd->btkgd", p[..., :s_len], v_old, dtype) + _dot("bkgts,bskd->btkgd", p[..., s_len:], v_new, dtype)
+  return out.reshape(b, t, h, dh)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+def _param(rngs: nnx.Rngs, shape, axes, dtype, std=0.02):
+  return nnx.Param((std * jax.random.normal(rngs.params(), shape, _F32)).astype(dtype), axes=axes)
+
+
+def _ones(shape, axes, dtype):
+  return nnx.Param(jnp.ones(shape, dtype), axes=axes)
+
+
+def _zeros(shape, axes, dtype):
+  return nnx.Param(jnp.zeros(shape, dtype), axes=axes)
+
+
+class DecoderLayers(nnx.Module):
+  """All decoder layers, each parameter stacked on a leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    L, D, H, K, Dh, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                         cfg.intermediate_size)
+    pd = jnp.dtype(cfg.param_dtype)
+    self.attn_norm = _ones((L, D), ("layers", None), pd)
+    self.q = _param(rngs, (L, D, H, Dh), ("layers", "embed", "heads", None), pd)
+    self.k = _param(rngs, (L, D, K, Dh), ("layers", "embed", "kv_heads", None), pd)
+    self.v = _param(rngs, (L, D, K, Dh), ("layers", "embed", "kv_heads", None), pd)
+    self.o = _param(rngs, (L, H, Dh, D), ("layers", "heads", None, "embed"), pd)
+    if cfg.qkv_bias:
+      self.q_bias = _zeros((L, H, Dh), ("layers", "heads", None), pd)
+      self.k_bias = _zeros((L, K, Dh), ("layers", "kv_heads", None), pd)
+      self.v_bias = _zeros((L, K, Dh), ("layers", "kv_heads", None), pd)
+    if cfg.qk_norm:
+      self.q_norm = _ones((L, Dh), ("layers", None), pd)
+      self.k_norm = _ones((L, Dh), ("layers", None), pd)
+    self.mlp_norm = _ones((L, D), ("layers", None), pd)
+    if cfg.num_experts:
+      from resd_jax.models import moe  # noqa: PLC0415  (MoE parameters live with the MoE code)
+      moe.init_params(self, cfg, rngs)
+    else:
+      self.gate = _param(rngs, (L, D, F), ("layers", "embed", "mlp"), pd)
+      self.up = _param(rngs, (L, D, F), ("layers", "embed", "mlp"), pd)
+      self.down = _param(rngs, (L, F, D), ("layers", "mlp", "embed"), pd)
+
+  def arrays(self) -> dict[str, jax.Array]:
+    """The stacked parameter arrays by name (what `jax.lax.scan` slices per layer)."""
+    return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+
+
+def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_mask, cache_kv=None):
+  """One pre-norm decoder layer. x [B, T, D] float32. Returns (x, (k, v), aux) with k/v [B, T, KVH, Dh]."""
+  cd = jnp.dtype(cfg.compute_dtype)
+  h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+  q = _dot("btd,dhk->bthk", h, p["q"], cd)
+  k = _dot("btd,dhk->bthk", h, p["k"], cd)
+  v = _dot("btd,dhk->bthk", h, p["v"], cd)
+  if cfg.qkv_bias:
+    q, k, v = q + p["q_bias"].astype(_F32), k + p["k_bias"].astype(_F32), v + p["v_bias"].astype(_F32)
+  if cfg.qk_norm:
+    q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+  q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+  if cache_kv is None:
+    a = causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd)
+  else:
+    k_old, v_old, old_mask = cache_kv
+    a = cached_attention(q, k, v, attn_mask, k_old, v_old, old_mask, dtype=cd)
+  x = x + _dot("bthk,hkd->btd", a, p["o"], cd)
+  x = shd.constrain(x, ("batch", None, None))
+  h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+  aux = {}
+  if cfg.num_experts:
+    from resd_jax.models import moe  # noqa: PLC0415
+    y, aux = moe.moe_mlp(cfg, p, h, attn_mask)
+  else:
+    g = _dot("btd,df->btf", h, p["gate"], cd)
+    u = _dot("btd,df->btf", h, p["up"], cd)
+    y = _dot("btf,fd->btd", jax.nn.silu(g) * u, p["down"], cd)
+  x = shd.constrain(x + y, ("batch", None, None))
+  return x, (k, v), aux
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM. `model(tokens, positions, attn_mask, cache) -> (hidden, cache)`; `model.logits(hidden)`."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    pd = jnp.dtype(cfg.param_dtype)
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
+    self.layers = DecoderLayers(cfg, rngs=rngs)
+    self.final_norm = _ones((cfg.hidden_size,), (None,), pd)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, attn_mask: jax.Array | None = None,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """tokens [B, T] int32; positions [B, T] (derived from attn_mask when None); attn_mask [B, T] bool.
+
+    Returns final-normed hidden states [B, T, D] float32 and the updated cache (None without one).
+    """
+    hidden, cache, _ = self.forward_with_aux(tokens, positions, attn_mask, cache)
+    return hidden, cache
+
+  def forward_with_aux(self, tokens, positions=None, attn_mask=None, cache=None):
+    """Like `__call__`, plus a dict of per-layer auxiliary outputs (MoE router statistics and losses)."""
+    cfg = self.config
+    if attn_mask is None:
+      attn_mask = jnp.ones(tokens.shape, bool)
+    attn_mask = attn_mask.astype(bool)
+    if positions is None:
+      positions = (cache.next_positions(attn_mask) if cache is not None
+                   else jnp.maximum(jnp.cumsum(attn_mask.astype(jnp.int32), axis=1) - 1, 0))
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(_F32)          # [B, T, D]
+    x = shd.constrain(x, ("batch", None, None))
+    cos, sin = rotary_tables(cfg, positions)
+
+    def body(x, xs):
+      p, kv = xs
+      x, new_kv, aux = decoder_layer(cfg, p, x, cos, sin, attn_mask, kv)
+      return x, (new_kv if cache is not None else None, aux)
+
+    if cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
+    old = None if cache is None else (cache.k, cache.v, jnp.broadcast_to(cache.mask, (cfg.num_layers,) + cache.mask.shape))
+    x, (new_kv, aux) = jax.lax.scan(body, x, (self.layers.arrays(), old))
+    if cache is not None:
+      cache = cache.append(new_kv[0], new_kv[1], attn_mask)
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), cache, aux
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """hidden [..., D] -> float32 logits [..., V]."""
+    cd = jnp.dtype(self.config.compute_dtype)
+    if self.config.tie_embeddings:
+      return _dot("...d,vd->...v", hidden, self.embed[...], cd)
+    return _dot("...d,dv->...v", hidden, self.lm_head[...], cd)
+
+
+def param_axes(model_or_state: Any) -> Any:
+  """The logical axis names of every parameter, as a pytree matching `nnx.state(model)`."""
+  state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+  return jax.tree.map(lambda v: v.get_metadata().get("axes"), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
