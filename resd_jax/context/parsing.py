@@ -1,0 +1,219 @@
+"""Robust extraction of one JSON object from model-written text.
+
+Model output is untrusted: it may wrap the JSON in a fenced block, add prose around it, stop half-way, contain
+control characters or be megabytes long. `extract_json_object` tries, in order:
+
+1. the whole text;
+2. fenced blocks (```json ... ```), last first;
+3. balanced `{...}` spans found by a string-aware scan, preferring one that has an expected key;
+4. a repair of a truncated object (close the open string and brackets, cutting back to a comma if needed).
+
+It never raises on bad input and bounds the work: texts longer than `max_chars` are searched in a tail window
+and then a head window only. `recover_tags` is the last resort for tag lists when no object parses at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+MAX_PARSE_CHARS = 100_000
+_MAX_CANDIDATES = 32
+_MAX_REPAIR_CUTS = 24
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|js|javascript)?[ \t]*\r?\n?(.*?)(?:```|\Z)", re.DOTALL)
+_SPECIAL = re.compile(r'[{}\[\]"\\]')
+TAG_VALUES = ("helpful", "harmful", "neutral")
+_TAG_ID_FIRST = re.compile(r'"id"\s*:\s*"([^"\\\n]{1,64})"\s*,\s*"tag"\s*:\s*"([A-Za-z]{1,16})"')
+_TAG_TAG_FIRST = re.compile(r'"tag"\s*:\s*"([A-Za-z]{1,16})"\s*,\s*"id"\s*:\s*"([^"\\\n]{1,64})"')
+
+
+@dataclasses.dataclass
+class Extracted:
+  """obj: the parsed object or None; how: whole / fenced / balanced / repaired / none."""
+  obj: dict[str, Any] | None
+  how: str
+
+
+def _loads(s: str) -> Any:
+  try:
+    return json.loads(s, strict=False)  # strict=False: raw control characters inside strings are accepted
+  except (ValueError, RecursionError):
+    return None
+
+
+def _scan(s: str) -> tuple[list[tuple[int, int]], int | None, list[str]]:
+  """One pass over `s`: complete top-level `{...}` spans, the start of an unclosed one, its open brackets.
+
+  Outside an object, quotes are prose and are ignored; inside, strings are tracked so braces in strings
+  do not count.
+  """
+  spans: list[tuple[int, int]] = []
+  stack: list[str] = []
+  start: int | None = None
+  in_str = False
+  skip_to = -1
+  for m in _SPECIAL.finditer(s):
+    i, c = m.start(), m.group()
+    if i < skip_to:
+      continue
+    if not stack:
+      if c == "{":
+        stack, start, in_str = ["{"], i, False
+      continue
+    if in_str:
+      if c == "\\":
+        skip_to = i + 2
+      elif c == '"':
+        in_str = False
+      continue
+    if c == '"':
+      in_str = True
+    elif c in "{[":
+      stack.append(c)
+    elif c in "}]":
+      if stack[-1] != ("{" if c == "}" else "["):  # mismatched bracket: abandon this span
+        stack, start = [], None
+        continue
+      stack.pop()
+      if not stack:
+        spans.append((start, i + 1))
+        start = None
+  return spans, start, stack
+
+
+def _close(s: str) -> str:
+  """Append the closers an unfinished JSON prefix needs (string quote, then brackets)."""
+  _, start, stack = _scan(s)
+  if start is None:
+    return s
+  # Recompute string state for the unclosed tail only.
+  in_str, esc = False, False
+  for ch in s[start:]:
+    if in_str:
+      if esc:
+        esc = False
+      elif ch == "\\":
+        esc = True
+      elif ch == '"':
+        in_str = False
+    elif ch == '"':
+      in_str = True
+  tail = s
+  if in_str:
+    tail = (tail[:-1] if esc else tail) + '"'  # a dangling backslash would escape the closing quote
+  tail = tail.rstrip()
+  while tail.endswith((",", ":")):
+    tail = tail[:-1].rstrip()
+  return tail + "".join("}" if b == "{" else "]" for b in reversed(stack))
+
+
+def _repair(s: str) -> dict[str, Any] | None:
+  """Best effort on a truncated object `s` (starting at `{`): close it, else cut back comma by comma."""
+  cuts = [len(s)] + [m.start() for m in re.finditer(",", s)][::-1][:_MAX_REPAIR_CUTS]
+  for cut in cuts:
+    obj = _loads(_close(s[:cut]))
+    if isinstance(obj, dict):
+      return obj
+  return None
+
+
+def _candidates(text: str):
+  """Objects in the order they are tried: complete spans, the repaired truncated object, then spans found by
+  rescanning past a stray unclosed "{" (bounded)."""
+  spans, open_start, _ = _scan(text)
+  for a, b in spans[:_MAX_CANDIDATES]:
+    yield "balanced", _loads(text[a:b])
+  if open_start is None:
+    return
+  yield "repaired", _repair(text[open_start:])
+  for _ in range(8):
+    base = open_start + 1
+    more, nxt, _ = _scan(text[base:])
+    for a, b in more[:_MAX_CANDIDATES]:
+      yield "balanced", _loads(text[base + a:base + b])
+    if nxt is None:
+      return
+    open_start = base + nxt
+
+
+def _from_window(text: str, prefer_keys: tuple[str, ...]) -> Extracted:
+  obj = _loads(text.strip())
+  if isinstance(obj, dict):
+    return Extracted(obj, "whole")
+  if "```" in text:
+    for block in reversed(_FENCE.findall(text)):
+      obj = _loads(block.strip())
+      if isinstance(obj, dict):
+        return Extracted(obj, "fenced")
+  first = None
+  for how, obj in _candidates(text):
+    if isinstance(obj, dict):
+      if not prefer_keys or any(k in obj for k in prefer_keys):
+        return Extracted(obj, how)
+      first = first or Extracted(obj, how)
+  return first or Extracted(None, "none")
+
+
+def extract_json_object(text: Any, prefer_keys: tuple[str, ...] = (),
+                        max_chars: int = MAX_PARSE_CHARS) -> Extracted:
+  """The JSON object in `text`, or `Extracted(None, "none")`. Never raises."""
+  if not isinstance(text, str) or not text:
+    return Extracted(None, "none")
+  if len(text) <= max_chars:
+    return _from_window(text, prefer_keys)
+  found = _from_window(text[-max_chars:], prefer_keys)  # answers usually come last
+  if found.obj is None:
+    found = _from_window(text[:max_chars], prefer_keys)
+  return found
+
+
+def recover_tags(text: Any, max_chars: int = MAX_PARSE_CHARS) -> list[tuple[str, str]]:
+  """Regex fallback for `{"id": ..., "tag": ...}` pairs when no object parses; valid tags only."""
+  if not isinstance(text, str):
+    return []
+  window = text[-max_chars:]
+  pairs = [(i, t.lower()) for i, t in _TAG_ID_FIRST.findall(window)]
+  pairs += [(i, t.lower()) for t, i in _TAG_TAG_FIRST.findall(window)]
+  return [(i, t) for i, t in pairs if t in TAG_VALUES]
+
+
+def as_text(value: Any, max_chars: int) -> str | None:
+  """A model-written field as bounded text: strings as is, numbers / bools via str, lists of scalars joined
+  with "; ". None for anything else (a wrong type the caller counts)."""
+  if isinstance(value, str):
+    out = value
+  elif isinstance(value, (bool, int, float)):
+    out = str(value)
+  elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+    out = "; ".join(str(v) for v in value)
+  else:
+    return None
+  out = out.strip()
+  return out[:max_chars]
+
+
+def parse_tag_list(value: Any, max_tags: int = 256) -> tuple[list[tuple[str, str]], int]:
+  """`[{"id": ..., "tag": helpful|harmful|neutral}, ...]` -> (valid (id, tag) pairs, invalid item count).
+
+  Also accepts the mapping form `{"<id>": "<tag>"}`. Ids are taken as strings (ints converted); tags are
+  case-insensitive. Items past `max_tags` are counted as invalid.
+  """
+  if isinstance(value, dict):
+    value = [{"id": k, "tag": v} for k, v in value.items()]
+  if not isinstance(value, list):
+    return [], 0 if value is None else 1
+  pairs: list[tuple[str, str]] = []
+  invalid = max(0, len(value) - max_tags)
+  for item in value[:max_tags]:
+    if not isinstance(item, dict):
+      invalid += 1
+      continue
+    entry_id, tag = item.get("id"), item.get("tag")
+    if isinstance(entry_id, int) and not isinstance(entry_id, bool):
+      entry_id = str(entry_id)
+    if not isinstance(entry_id, str) or not isinstance(tag, str) or tag.strip().lower() not in TAG_VALUES:
+      invalid += 1
+      continue
+    pairs.append((entry_id.strip()[:64], tag.strip().lower()))
+  return pairs, invalid
