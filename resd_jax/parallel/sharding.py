@@ -79,7 +79,7 @@ def state_shardings(state: Any, mesh: Any, rules: Rules | None = None) -> Any:
   """NamedSharding for every Variable of an NNX state (abstract or concrete), from its `axes` metadata."""
   def one(v):
     axes = v.get_metadata().get("axes") if _is_var(v) else None
-    shape = v.shape if not _is_var(v) else v[...].shape
+    shape = v.get_value().shape if _is_var(v) else v.shape
     return NamedSharding(mesh, spec_for(shape, axes, mesh, rules))
   return jax.tree.map(one, state, is_leaf=_is_var)
 
@@ -97,7 +97,7 @@ def unsharded_large_params(state: Any, mesh: Any, min_elements: int = 1 << 20, r
   bad = []
   flat = nnx.to_flat_state(state) if isinstance(state, nnx.State) else []
   for path, v in flat:
-    arr_shape = v[...].shape
+    arr_shape = v.get_value().shape
     if math.prod(arr_shape) >= min_elements:
       spec = spec_for(arr_shape, v.get_metadata().get("axes"), mesh, rules)
       if all(s is None for s in spec):
