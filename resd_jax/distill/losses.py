@@ -1,0 +1,339 @@
+"""Token-level self-distillation losses, computed over chunks of response positions.
+
+What is computed, per response position t of sample b (student logits s, teacher logits u, both [V]):
+
+1. Temperature: ls = log_softmax(s / T), lt = log_softmax(u / T).
+2. Support (``DistillConfig.mode``):
+   - ``topk``: the k ids with the largest stop-gradient student logits, plus one *tail* bucket holding the rest
+     of the vocabulary. The tail log-probability is computed exactly as a log-sum-exp over the complement
+     minus the log-sum-exp over everything (never as log(1 - sum p), which cancels catastrophically when the
+     top-k mass is close to 1). Student and teacher use the same ids.
+   - ``full``: all V ids, no tail.
+   - ``sampled``: only the sampled token y_t (single-sample estimator; alpha must be 1, see below).
+3. Teacher clip (on every support entry, the tail included):
+   lt <- max(lt, sg(ls) + log eps_min)  and, if eps_max is set,  lt <- min(lt, sg(ls) + log eps_max).
+   In ``topk`` and ``full`` modes the clipped teacher is then renormalised over the support, so every
+   divergence below compares two proper distributions on the same outcomes. (After renormalisation the floor
+   holds up to the normalising constant, which is >= 1 when only the floor is active.) In ``sampled`` mode no
+   renormalisation is possible; the clipped teacher log-probability is used as is.
+4. Divergence by alpha (functions named by direction):
+   - alpha = 1: ``kl_student_teacher`` = sum_i p_s,i (ls_i - lt_i)   (reverse KL, mode seeking);
+   - alpha = 0: ``kl_teacher_student`` = sum_i p_t,i (lt_i - ls_i)   (forward KL);
+   - 0 < alpha < 1: ``jsd_alpha`` = [alpha KL(P_t || M) + (1 - alpha) KL(P_s || M)] / (alpha (1 - alpha)) with
+     M = alpha P_t + (1 - alpha) P_s. The 1 / (alpha (1 - alpha)) scaling makes it continuous in alpha:
+     it tends to KL(P_t || P_s) as alpha -> 0 and to KL(P_s || P_t) as alpha -> 1. (At alpha = 0.5 it is
+     4 x the usual Jensen-Shannon divergence.)
+   In ``sampled`` mode the loss is d = ls_y - lt_y with value sg(d) (the one-sample estimate of
+   KL(student || teacher) since y ~ student) and gradient sg(d) * grad ls_y (the score-function gradient).
+5. Token weights: w = sample_weight[b] * (optionally) min(exp(sg(ls_y) - rollout_logprob), is_clip), mask =
+   response_mask * sd_mask[b].
+6. Aggregation as a (sum, count) pair so micro-batches combine exactly:
+   ``seq_mean``: sum = sum_b [sum_t mask w D / sum_t mask], count = number of samples with a masked-in token;
+   ``token_mean``: sum = sum_{b,t} mask w D, count = sum_{b,t} mask. The loss is sum / max(count, 1).
+
+Logits for the whole response are never built: ``chunked_token_terms`` scans over position chunks with
+``jax.checkpoint``, so the live full-vocabulary arrays are a few of shape [B, chunk, V].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+LogitsFn = Callable[[Any], Array]
+
+MODES = ("topk", "full", "sampled")
+AGGREGATIONS = ("seq_mean", "token_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Settings of the self-distillation loss (validated at construction)."""
+  mode: str = "topk"            # topk | full | sampled
+  top_k: int = 100              # support size in topk mode; also the k of the overlap metric
+  alpha: float = 1.0            # 1 = KL(student||teacher), 0 = KL(teacher||student), else jsd_alpha
+  temperature: float = 1.0
+  eps_min: float = 0.2          # teacher floor relative to the student; 0 disables
+  eps_max: Optional[float] = None  # teacher ceiling relative to the student; None disables
+  rollout_is: bool = False      # weight tokens by the clipped importance ratio student / rollout policy
+  is_clip: float = 2.0          # upper clip of that ratio
+  aggregation: str = "seq_mean"  # seq_mean | token_mean
+  chunk_size: int = 128         # response positions per scan step
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"distill mode must be one of {MODES}, got {self.mode!r}")
+    if self.mode == "topk" and self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1 in topk mode, got {self.top_k} (use mode='full' for all ids)")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+    if self.mode == "sampled" and self.alpha != 1.0:
+      raise ValueError("mode='sampled' estimates KL(student||teacher) only: set alpha=1.0")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    if not 0.0 <= self.eps_min < 1.0:
+      raise ValueError(f"eps_min must be in [0, 1), got {self.eps_min}")
+    if self.eps_max is not None and not self.eps_max > 1.0:
+      raise ValueError(f"eps_max must be > 1 (or None to disable), got {self.eps_max}")
+    if not self.is_clip > 0:
+      raise ValueError(f"is_clip must be > 0, got {self.is_clip}")
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+    if self.chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numerically safe building blocks.
+
+
+def safe_logsumexp(x: Array, axis: int = -1) -> Array:
+  """log(sum(exp(x))) over `axis`; -inf (with zero gradient, never NaN) when every entry is -inf."""
+  m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  total = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
+  positive = total > 0
+  out = jnp.where(positive, jnp.log(jnp.where(positive, total, 1.0)) + m, -jnp.inf)
+  return jnp.squeeze(out, axis=axis)
+
+
+def _p_log_ratio(logp: Array, logq: Array) -> Array:
+  """Elementwise p * (log p - log q), with 0 where p = 0 (and +inf where p > 0 = q)."""
+  p = jnp.exp(logp)
+  live = p > 0
+  diff = jnp.where(live, logp - jnp.where(live, logq, 0.0), 0.0)
+  return jnp.where(live, p * diff, 0.0)
+
+
+def kl_student_teacher(ls: Array, lt: Array) -> Array:
+  """KL(P_s || P_t) over the last axis, from normalised log-probabilities (reverse KL)."""
+  return jnp.sum(_p_log_ratio(ls, lt), axis=-1)
+
+
+def kl_teacher_student(ls: Array, lt: Array) -> Array:
+  """KL(P_t || P_s) over the last axis, from normalised log-probabilities (forward KL)."""
+  return jnp.sum(_p_log_ratio(lt, ls), axis=-1)
+
+
+def jsd_alpha(ls: Array, lt: Array, alpha: float) -> Array:
+  """[a KL(P_t||M) + (1-a) KL(P_s||M)] / (a (1-a)), M = a P_t + (1-a) P_s, for 0 < a < 1 (see module doc)."""
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"jsd_alpha needs 0 < alpha < 1, got {alpha}; use the KL functions at the endpoints")
+  log_m = jnp.logaddexp(math.log(alpha) + lt, math.log1p(-alpha) + ls)
+  kl_t = jnp.sum(_p_log_ratio(lt, log_m), axis=-1)
+  kl_s = jnp.sum(_p_log_ratio(ls, log_m), axis=-1)
+  return (alpha * kl_t + (1.0 - alpha) * kl_s) / (alpha * (1.0 - alpha))
+
+
+def divergence(ls: Array, lt: Array, alpha: float) -> Array:
+  """The divergence selected by alpha: 1 -> KL(s||t), 0 -> KL(t||s), otherwise jsd_alpha."""
+  if alpha == 1.0:
+    return kl_student_teacher(ls, lt)
+  if alpha == 0.0:
+    return kl_teacher_student(ls, lt)
+  return jsd_alpha(ls, lt, alpha)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Support construction and teacher clip.
+
+
+def topk_tail_logprobs(s: Array, u: Array, k: int) -> tuple[Array, Array, Array]:
+  """Student and teacher log-probs on the student's top-k ids plus a tail bucket.
+
+  s, u: temperature-scaled logits [..., V]. Returns (ls [..., k+1], lt [..., k+1], ids [..., k]); the last
+  entry of ls / lt is the tail. Gradients flow into s (ids come from stop_gradient(s)).
+  """
+  v = s.shape[-1]
+  if k > v:
+    raise ValueError(f"top_k={k} exceeds the vocabulary size {v}")
+  _, ids = jax.lax.top_k(jax.lax.stop_gradient(s), k)  # [..., k]
+  in_top = jnp.put_along_axis(jnp.zeros(s.shape, bool), ids, True, axis=-1, inplace=False)  # [..., V]
+
+  def on_support(x):
+    lse = safe_logsumexp(x)
+    head = jnp.take_along_axis(x, ids, axis=-1) - lse[..., None]   # [..., k]
+    tail = safe_logsumexp(jnp.where(in_top, -jnp.inf, x)) - lse     # [...]
+    return jnp.concatenate([head, tail[..., None]], axis=-1)
+
+  return on_support(s), on_support(u), ids
+
+
+def clip_teacher(ls: Array, lt: Array, eps_min: float, eps_max: Optional[float], renormalise: bool) -> Array:
+  """Floor / ceil teacher log-probs relative to the stop-gradient student, optionally renormalised."""
+  ref = jax.lax.stop_gradient(ls)
+  if eps_min > 0:
+    lt = jnp.maximum(lt, ref + math.log(eps_min))
+  if eps_max is not None:
+    lt = jnp.minimum(lt, ref + math.log(eps_max))
+  if renormalise:
+    lt = lt - safe_logsumexp(lt)[..., None]
+  return lt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-token terms on one chunk.
+
+
+def token_terms(s_logits: Array, t_logits: Array, tokens: Array, cfg: DistillConfig) -> dict[str, Array]:
+  """Per-token loss and diagnostics for one chunk.
+
+  s_logits, t_logits: [B, C, V] raw logits (teacher already stop-gradient or not: it is stopped here);
+  tokens: [B, C] sampled response tokens. Returns dict of [B, C]:
+    loss: divergence at cfg.temperature on the cfg support (gradient into s_logits);
+    logp: student log-prob of the sampled token at cfg.temperature (gradient into s_logits);
+    kl_t1: full-vocabulary KL(student||teacher) at temperature 1 (stop-gradient);
+    overlap: |top-k(student) ∩ top-k(teacher)| / k (stop-gradient).
+  """
+  ftype = jnp.promote_types(s_logits.dtype, jnp.float32)  # float32, or float64 when given float64
+  s_logits = s_logits.astype(ftype)
+  t_logits = jax.lax.stop_gradient(t_logits.astype(ftype))
+  inv_t = 1.0 / cfg.temperature
+  s = s_logits * inv_t  # [B, C, V]
+  u = t_logits * inv_t
+  ls_full = s - safe_logsumexp(s)[..., None]
+  logp = jnp.take_along_axis(ls_full, tokens[..., None], axis=-1)[..., 0]  # [B, C]
+
+  if cfg.mode == "sampled":
+    lt_full = u - safe_logsumexp(u)[..., None]
+    lt_y = jnp.take_along_axis(lt_full, tokens[..., None], axis=-1)[..., 0]
+    lt_y = clip_teacher(logp, lt_y, cfg.eps_min, cfg.eps_max, renormalise=False)
+    d = jax.lax.stop_gradient(logp - lt_y)
+    loss = d + d * (logp - jax.lax.stop_gradient(logp))
+  else:
+    if cfg.mode == "topk":
+      ls, lt, _ = topk_tail_logprobs(s, u, cfg.top_k)
+    else:
+      ls, lt = ls_full, u - safe_logsumexp(u)[..., None]
+    lt = clip_teacher(ls, lt, cfg.eps_min, cfg.eps_max, renormalise=True)
+    loss = divergence(ls, lt, cfg.alpha)
+
+  sg_s = jax.lax.stop_gradient(s_logits)
+  ls1 = sg_s - safe_logsumexp(sg_s)[..., None]
+  lt1 = t_logits - safe_logsumexp(t_logits)[..., None]
+  kl_t1 = kl_student_teacher(ls1, lt1)
+  k = min(cfg.top_k or 100, s.shape[-1])
+  _, s_ids = jax.lax.top_k(sg_s, k)
+  _, t_ids = jax.lax.top_k(t_logits, k)
+  t_top = jnp.put_along_axis(jnp.zeros(sg_s.shape, bool), t_ids, True, axis=-1, inplace=False)
+  overlap = jnp.mean(jnp.take_along_axis(t_top, s_ids, axis=-1).astype(jnp.float32), axis=-1)
+  return {"loss": loss, "logp": logp, "kl_t1": kl_t1, "overlap": overlap}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Chunked scan over response positions.
+
+
+def scan_position_chunks(fn: Callable[..., dict[str, Array]], xs: Any, chunk: int, remat: bool = True
+                         ) -> dict[str, Array]:
+  """Apply fn to position chunks of xs (a pytree of [B, R, ...] arrays) and return its [B, R] outputs.
+
+  fn(xs_chunk) -> dict of [B, C] arrays. R is padded up to a multiple of `chunk` (padding is dropped from
+  the outputs). The body is wrapped in jax.checkpoint so the backward pass recomputes each chunk's logits
+  instead of storing them for every chunk.
+  """
+  leaves = jax.tree.leaves(xs)
+  b, r = leaves[0].shape[:2]
+  c = min(chunk, r)
+  n = -(-r // c)
+  pad = n * c - r
+
+  def to_chunks(x):  # [B, R, ...] -> [n, B, C, ...]
+    if pad:
+      x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((b, n, c) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+  body = jax.checkpoint(fn) if remat else fn
+
+  def step(carry, x):
+    return carry, body(x)
+
+  _, out = jax.lax.scan(step, None, jax.tree.map(to_chunks, xs))
+  return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape((b, n * c) + y.shape[3:])[:, :r], out)
+
+
+def chunked_token_terms(student_logits_fn: LogitsFn, teacher_logits_fn: LogitsFn, student_hidden: Any,
+                        teacher_hidden: Any, tokens: Array, cfg: DistillConfig, remat: bool = True
+                        ) -> dict[str, Array]:
+  """``token_terms`` for the whole response without building [B, R, V].
+
+  student_hidden / teacher_hidden: pytrees of [B, R, ...] arrays aligned with tokens [B, R] (position t holds
+  the state that predicts tokens[:, t]); *_logits_fn maps a [B, C, ...] chunk of them to [B, C, V] logits.
+  The teacher is evaluated under stop_gradient.
+  """
+  def fn(x):
+    sh, th, tok = x
+    t_logits = jax.lax.stop_gradient(teacher_logits_fn(th))
+    return token_terms(student_logits_fn(sh), t_logits, tok, cfg)
+
+  return scan_position_chunks(fn, (student_hidden, teacher_hidden, tokens), cfg.chunk_size, remat)
+
+
+def chunked_token_logprobs(logits_fn: LogitsFn, hidden: Any, tokens: Array, chunk: int,
+                           temperature: float = 1.0, remat: bool = True) -> Array:
+  """Log-probs [B, R] of tokens under logits_fn(hidden) / temperature, chunked over positions."""
+  def fn(x):
+    h, tok = x
+    s = logits_fn(h).astype(jnp.float32) / temperature
+    ls = s - safe_logsumexp(s)[..., None]
+    return {"logp": jnp.take_along_axis(ls, tok[..., None], axis=-1)[..., 0]}
+
+  return scan_position_chunks(fn, (hidden, tokens), chunk, remat)["logp"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token weights and aggregation.
+
+
+def token_weights(logp: Array, response_mask: Array, sd_mask: Array, sample_weight: Array,
+                  rollout_logprobs: Optional[Array], cfg: DistillConfig) -> tuple[Array, Array]:
+  """(mask [B, R], weight [B, R]) for the loss; weights are stop-gradient.
+
+  mask = response_mask * sd_mask[:, None]; weight = sample_weight[:, None] * (if cfg.rollout_is)
+  min(exp(sg(logp) - rollout_logprobs), cfg.is_clip).
+  """
+  mask = response_mask.astype(jnp.float32) * sd_mask.astype(jnp.float32)[:, None]
+  weight = jnp.broadcast_to(sample_weight.astype(jnp.float32)[:, None], mask.shape)
+  if cfg.rollout_is:
+    if rollout_logprobs is None:
+      raise ValueError("rollout_is=True needs batch.rollout_logprobs")
+    log_ratio = jax.lax.stop_gradient(logp) - rollout_logprobs.astype(jnp.float32)
+    ratio = jnp.exp(jnp.minimum(jnp.where(mask > 0, log_ratio, 0.0), math.log(cfg.is_clip)))
+    weight = weight * ratio
+  return mask, jax.lax.stop_gradient(weight)
+
+
+def aggregate(values: Array, mask: Array, weight: Array, aggregation: str) -> tuple[Array, Array]:
+  """(sum, count) of weighted per-token values [B, R]; the mean is sum / max(count, 1)."""
+  contrib = jnp.where(mask > 0, values * weight * mask, 0.0)
+  if aggregation == "token_mean":
+    return jnp.sum(contrib), jnp.sum(mask)
+  if aggregation == "seq_mean":
+    n_tok = jnp.sum(mask, axis=-1)  # [B]
+    per_seq = jnp.sum(contrib, axis=-1) / jnp.maximum(n_tok, 1.0)
+    return jnp.sum(per_seq), jnp.sum((n_tok > 0).astype(jnp.float32))
+  raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def success_rate_weights(success: Array, a: float = 1.0, b: float = 1.0, valid: Optional[Array] = None
+                         ) -> Array:
+  """Per-sample weights [B] that up-weight the rarer outcome of the batch.
+
+  s = success rate over valid samples, clipped to [1/B, 1 - 1/B] (B = number of valid samples);
+  weight = (1 - s)^a for successes and s^b for failures, then divided by its mean over valid samples so
+  it averages to 1. Invalid samples get weight 0; with fewer than 2 valid samples every valid weight is 1.
+  """
+  success = success.astype(jnp.float32)
+  valid = jnp.ones_like(success) if valid is None else valid.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(valid), 1.0)
+  s = jnp.clip(jnp.sum(success * valid) / n, 1.0 / n, 1.0 - 1.0 / n)
+  w = jnp.where(success > 0, (1.0 - s) ** a, s ** b) * valid
+  w = w / jnp.maximum(jnp.sum(w) / n, 1e-12)
+  return jnp.where(jnp.sum(valid) >= 2, w, valid)  # one sample: no rate to speak of, weight 1
