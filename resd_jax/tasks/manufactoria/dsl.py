@@ -54,18 +54,18 @@ class Node:
   type: NodeType
   line: int  # 1-based line of the declaration
   routes: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  # condition -> target with the first listed route winning; filled by `parse` once the block is complete
+  route_map: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def target(self, condition: str) -> str:
-    """Where this node sends the robot on `condition`; the first listed route wins, unlisted -> "NONE"."""
-    for cond, tgt in self.routes:
-      if cond == condition:
-        return tgt
-    return "NONE"
+    """Where this node sends the robot on `condition`; unlisted -> "NONE"."""
+    return self.route_map.get(condition, "NONE")
 
 
 @dataclasses.dataclass
 class Program:
   nodes: dict[str, Node]  # by ID, in declaration order
+  cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # e.g. the simulator's table
 
 
 def _is_route_line(raw: str) -> bool:
@@ -84,11 +84,13 @@ def _clean_lines(text: str) -> list[tuple[int, str]]:
 
 
 def _check_block(node: Node) -> None:
-  """Route-count rules, checked once a node's block is complete."""
+  """Route-count rules, checked once a node's block is complete; then fixes the route table."""
   if node.type is NodeType.START and (len(node.routes) != 1 or node.routes[0][0] != "NEXT"):
     raise ParseError("START node must have exactly one NEXT route", node.line)
   if node.type in PAINT_COLOUR and (len(node.routes) != 1 or node.routes[0][0] != "NEXT"):
     raise ParseError("PAINTER nodes must have exactly one NEXT route", node.line)
+  for cond, tgt in node.routes:
+    node.route_map.setdefault(cond, tgt)
 
 
 def _parse_route(node: Node, stripped: str, line: int) -> tuple[str, str]:

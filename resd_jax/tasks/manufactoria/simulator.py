@@ -29,9 +29,28 @@ class RunResult:
   rejection_reason: str | None  # None when accepted
 
 
+_PULL, _PAINT, _NEXT = 0, 1, 2
+
+
+def _compile(program: Program) -> dict[str, tuple[int, Any, dict[str, str]]]:
+  """Per node: (kind, readable colours or painted colour, route table); enum lookups are slow in the hot loop."""
+  if "table" in program.cache:
+    return program.cache["table"]
+  table = program.cache["table"] = {}
+  for nid, node in program.nodes.items():
+    if node.type in PULL_COLOURS:
+      table[nid] = (_PULL, PULL_COLOURS[node.type], node.route_map)
+    elif node.type in PAINT_COLOUR:
+      table[nid] = (_PAINT, PAINT_COLOUR[node.type], node.route_map)
+    elif node.type is NodeType.START:
+      table[nid] = (_NEXT, None, node.route_map)
+    # END: its ID is always `end`, which the loop handles before any table lookup
+  return table
+
+
 def run(program: Program, tape: str, max_visits: int = MAX_VISITS) -> RunResult:
   """Send a robot carrying `tape` through the factory."""
-  nodes = program.nodes
+  table = _compile(program)
   queue = collections.deque(tape)
   path: list[str] = []
   current = "start"
@@ -41,22 +60,19 @@ def run(program: Program, tape: str, max_visits: int = MAX_VISITS) -> RunResult:
       return RunResult(False, "".join(queue), path, NONE_REASON)
     if current == "end":
       return RunResult(True, "".join(queue), path, None)
-    node = nodes.get(current)
-    if node is None:
+    entry = table.get(current)
+    if entry is None:
       return RunResult(False, "".join(queue), path, f"Unknown node: {current}")
-    ntype = node.type
-    if ntype in PULL_COLOURS:
-      if queue and queue[0] in PULL_COLOURS[ntype]:
-        current = node.target(queue.popleft())  # a readable colour is consumed even if it has no route
+    kind, arg, routes = entry
+    if kind == _PULL:
+      if queue and queue[0] in arg:
+        current = routes.get(queue.popleft(), "NONE")  # a readable colour is consumed even without a route
       else:
-        current = node.target("EMPTY")  # empty tape, or a colour this puller cannot read (not consumed)
-    elif ntype in PAINT_COLOUR:
-      queue.append(PAINT_COLOUR[ntype])
-      current = node.target("NEXT")
-    elif ntype is NodeType.START:
-      current = node.target("NEXT")
-    else:  # an END-type node not named `end` cannot exist (the parser forces the ID); treat as stuck
-      return RunResult(False, "".join(queue), path, f"Unknown node: {current}")
+        current = routes.get("EMPTY", "NONE")  # empty tape, or a colour this puller cannot read (kept)
+    else:
+      if kind == _PAINT:
+        queue.append(arg)
+      current = routes.get("NEXT", "NONE")
   return RunResult(False, "".join(queue), path, LOOP_REASON)
 
 
