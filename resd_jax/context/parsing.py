@@ -22,6 +22,7 @@ MAX_PARSE_CHARS = 100_000
 _MAX_CANDIDATES = 32
 _MAX_REPAIR_CUTS = 24
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|js|javascript)?[ \t]*\r?\n?(.*?)(?:```|\Z)", re.DOTALL)
+_OBJ_START = re.compile(r'\{\s*["}]')  # a JSON object opens with a key or is empty; prose braces rarely do
 _SPECIAL = re.compile(r'[{}\[\]"\\]')
 TAG_VALUES = ("helpful", "harmful", "neutral")
 _TAG_ID_FIRST = re.compile(r'"id"\s*:\s*"([^"\\\n]{1,64})"\s*,\s*"tag"\s*:\s*"([A-Za-z]{1,16})"')
@@ -45,8 +46,8 @@ def _loads(s: str) -> Any:
 def _scan(s: str) -> tuple[list[tuple[int, int]], int | None, list[str]]:
   """One pass over `s`: complete top-level `{...}` spans, the start of an unclosed one, its open brackets.
 
-  Outside an object, quotes are prose and are ignored; inside, strings are tracked so braces in strings
-  do not count.
+  Outside an object, quotes are prose and are ignored, and a `{` starts a candidate only when a quote or `}`
+  follows it; inside, strings are tracked so braces in strings do not count.
   """
   spans: list[tuple[int, int]] = []
   stack: list[str] = []
@@ -58,7 +59,7 @@ def _scan(s: str) -> tuple[list[tuple[int, int]], int | None, list[str]]:
     if i < skip_to:
       continue
     if not stack:
-      if c == "{":
+      if c == "{" and _OBJ_START.match(s, i):
         stack, start, in_str = ["{"], i, False
       continue
     if in_str:
@@ -113,7 +114,7 @@ def _repair(s: str) -> dict[str, Any] | None:
   cuts = [len(s)] + [m.start() for m in re.finditer(",", s)][::-1][:_MAX_REPAIR_CUTS]
   for cut in cuts:
     obj = _loads(_close(s[:cut]))
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and obj:  # an empty object from a lone "{" in prose is no answer
       return obj
   return None
 
