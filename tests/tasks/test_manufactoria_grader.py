@@ -170,3 +170,12 @@ def test_any_response_is_graded_without_raising(response):
   g = grade_response(response, TESTS)
   assert g.reward == 0.0 and 0.0 <= g.acc <= 1.0 and len(g.feedback) <= 2000 and g.feedback
   assert time.perf_counter() - t0 < 2.0
+
+
+def test_error_record_wins_over_earlier_wrong_answers():
+  # Accepts only the empty tape: test 1 ("" should reject) is a wrong answer, test 2 ("R") the first error.
+  prog = "START start:\n    NEXT p\nPULLER_RB p:\n    [EMPTY] end\nEND end"
+  g = grade_response(_fence(prog), TESTS)
+  assert g.feedback.startswith("Runtime Error\nRouted to NONE\n\nLast Executed Input\nR\n")
+  assert "Wrong Answer" not in g.feedback and "Last Executed Input" in g.feedback
+  assert g.feedback.count("Runtime Error") == 1
