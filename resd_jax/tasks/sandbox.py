@@ -154,18 +154,17 @@ class _Tail:
 
 
 def _pids_of_uid(uid: int) -> list[int]:
+  """Live (non-zombie) processes whose real uid is `uid`."""
   pids = []
   for entry in os.listdir("/proc"):
     if not entry.isdigit():
       continue
     try:
       with open(f"/proc/{entry}/status") as f:
-        for line in f:
-          if line.startswith("Uid:"):
-            if int(line.split()[1]) == uid:
-              pids.append(int(entry))
-            break
-    except (OSError, ValueError):
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("State:", "Uid:")))
+      if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith(("Z", "X")):
+        pids.append(int(entry))
+    except (OSError, ValueError, KeyError):
       continue
   return pids
 
