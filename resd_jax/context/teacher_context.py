@@ -86,6 +86,12 @@ def default_count_tokens(messages: Messages) -> int:
   return sum(approx_token_count(m["content"]) + 4 for m in messages)
 
 
+def token_counter(tokenizer, enable_thinking: bool | None = None) -> Callable[[Messages], int]:
+  """Exact templated length with a real tokenizer (what the batch will hold for this prompt)."""
+  from resd_jax.models.tokenizer import chat_tokens  # noqa: PLC0415
+  return lambda messages: len(chat_tokens(tokenizer, messages, enable_thinking=enable_thinking))
+
+
 def _slot_texts(sample: GradedSample, playbook_text: str, reflection: str, solution: str | None,
                 cfg: TeacherContextConfig) -> dict[str, str]:
   texts = {}

@@ -1,4 +1,5 @@
-"""Small text helpers shared by the context engine: reasoning stripping, one-line collapse, length caps.
+"""Small text helpers of the context engine: one-line collapse, length caps, a rough token count, and
+`strip_reasoning` (re-exported from `resd_jax.models.tokenizer`).
 
 Everything model-written passes through these before it reaches a prompt or the playbook, so every length
 the context engine handles is bounded here.
@@ -7,21 +8,11 @@ from __future__ import annotations
 
 import re
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
-_UP_TO_FIRST_CLOSE = re.compile(r"^.*?</think>\s*", re.DOTALL)
+from resd_jax.models.tokenizer import strip_reasoning  # noqa: F401  (re-exported: one definition project-wide)
+
 _WS = re.compile(r"\s+")
 # C0 / C1 control characters other than tab and newline; they confuse tokenizers and terminals.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def strip_reasoning(text: str) -> str:
-  """Remove the reasoning trace (TASKS.md section 4).
-
-  Deletes every `<think>...</think>` block, then everything up to and including the first remaining
-  `</think>`. Text without any `</think>` (e.g. truncated mid-reasoning) is returned unchanged.
-  """
-  text = _THINK_BLOCK.sub("", text)
-  return _UP_TO_FIRST_CLOSE.sub("", text, count=1)
 
 
 def one_line(text: str, max_chars: int) -> str:
