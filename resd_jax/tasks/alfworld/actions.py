@@ -45,18 +45,24 @@ def normalise(command: str) -> str:
   return command[:MAX_ACTION_CHARS].strip()
 
 
+def _pick(lines: list[str]) -> str:
+  """The last tagged command among `lines`, else the last line ("" for a bare tag with nothing after it)."""
+  tagged = [m.group(1) for m in map(_TAGGED.match, lines) if m and m.group(1).strip()]
+  if tagged:
+    return tagged[-1]
+  if not lines:
+    return ""
+  bare = _TAGGED.match(lines[-1])
+  return bare.group(1) if bare else lines[-1]
+
+
 def _candidate(text: str) -> str:
   fences = _FENCE.findall(text)
   if fences:
     lines = [l for l in fences[-1].splitlines() if l.strip()]
     if lines:
-      tagged = [m.group(1) for m in map(_TAGGED.match, lines) if m]
-      return tagged[-1] if tagged else lines[-1]
-  lines = [l for l in text.splitlines() if l.strip()]
-  tagged = [m.group(1) for m in map(_TAGGED.match, lines) if m and m.group(1).strip()]
-  if tagged:
-    return tagged[-1]
-  return lines[-1] if lines else ""
+      return _pick(lines)
+  return _pick([l for l in text.splitlines() if l.strip()])
 
 
 def parse_action(reply: str, admissible: list[str] | None = None) -> ParsedAction:
