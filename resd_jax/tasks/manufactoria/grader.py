@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from resd_jax.tasks.base import FEEDBACK_CAP, Grade
+from resd_jax.tasks.text_utils import cap, debug_section, hard_cut
 from resd_jax.tasks.manufactoria import simulator
 from resd_jax.tasks.manufactoria.dsl import ParseError, Program, parse
 
@@ -26,9 +27,6 @@ FORMAT_MESSAGE = "Incorrect Format: Put your code inside a ```manufactoria ... `
 TRUNCATED_MESSAGE = "Truncated Attempt: Your previous response was too long and truncated."
 BAD_TESTS_MESSAGE = "Failed to parse ground truth test cases."
 ERROR_PREFIX = "Error: "
-FIELD_CAP = 250  # input / output / expected shown in feedback
-DEBUG_LINES = 10
-DEBUG_LINE_CAP = 300
 TRACE_STEPS = 15
 WRONG_SHOWN = 2
 
@@ -117,21 +115,6 @@ def run_tests(program: Program, tests: list[dict[str, Any]]) -> list[TestRecord]
   return records
 
 
-def _cap(text: Any, limit: int = FIELD_CAP) -> str:
-  text = str(text)
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _debug_section(debug: str) -> list[str]:
-  lines = debug.strip().split("\n") if debug.strip() else []
-  if not lines:
-    return []
-  shown = [_cap(line, DEBUG_LINE_CAP) for line in lines[:DEBUG_LINES]]
-  if len(lines) > DEBUG_LINES:
-    shown.append(f"... ({len(lines) - DEBUG_LINES} more lines)")
-  return ["\nDebug Output\n" + "\n".join(shown)]
-
-
 def render_feedback(records: list[TestRecord]) -> str:
   """The first runtime error alone, else the two shortest wrong answers; "" when everything passed."""
   failing = [r for r in records if not r.passed]
@@ -139,16 +122,16 @@ def render_feedback(records: list[TestRecord]) -> str:
   blocks = []
   if errors:
     r = errors[0]
-    lines = ["Runtime Error", _cap(r.actual[len(ERROR_PREFIX):]), "", "Last Executed Input", _cap(r.input)]
-    blocks.append("\n".join(lines + _debug_section(r.debug)))
+    lines = ["Runtime Error", cap(r.actual[len(ERROR_PREFIX):]), "", "Last Executed Input", cap(r.input)]
+    blocks.append("\n".join(lines + debug_section(r.debug)))
   else:
     shown = sorted(failing, key=lambda r: len(str(r.input)) + len(str(r.actual)))[:WRONG_SHOWN]
     for r in shown:
-      lines = [f"Test Case {r.test_idx + 1}: Wrong Answer", "", "Input", _cap(r.input), "", "Output", _cap(r.actual)]
+      lines = [f"Test Case {r.test_idx + 1}: Wrong Answer", "", "Input", cap(r.input), "", "Output", cap(r.actual)]
       if r.expected:
-        lines += ["", "Expected", _cap(r.expected)]
-      blocks.append("\n".join(lines + _debug_section(r.debug)))
-  return "\n\n".join(blocks).rstrip()[:FEEDBACK_CAP]
+        lines += ["", "Expected", cap(r.expected)]
+      blocks.append("\n".join(lines + debug_section(r.debug)))
+  return hard_cut("\n\n".join(blocks), FEEDBACK_CAP)
 
 
 def grade_response(response: Any, ground_truth: Any, *, split: str = "train", truncated: bool = False,
