@@ -94,6 +94,7 @@ def test_manifest_reuses_matching_output_and_regenerates_otherwise(tmp_path):
 def test_adapter_plays_expert_episodes_to_success(train_games):
   envs = AlfworldEnvs(AlfworldEnvConfig(max_steps=30))
   states = envs.reset(train_games)
+  first_obs = [s.observation for s in states]
   plans = {s.index: _walkthrough(s.gamefile) for s in states}
   assert all(s.task and s.admissible and not s.done for s in states)
   styles = ["{}", "Action: {}", "<think>let me see</think>\n```\n{}\n```", "I will do it.\n> {}"]
@@ -107,6 +108,17 @@ def test_adapter_plays_expert_episodes_to_success(train_games):
   m = envs.metrics()
   assert m["success"] == (6.0, 6.0) and m["crashed"] == (0.0, 6.0)
   assert all(m[f"success/{t}"] == (1.0, 1.0) for t in generator.TASK_TYPES.values())
+  engines = list(envs._engines)
+  again = envs.reset(list(reversed(train_games)))  # loaded engines are reused, episodes start afresh
+  assert [e is f for e, f in zip(envs._engines, reversed(engines))] == [True] * 6
+  assert [s.observation for s in again] == first_obs[::-1]
+  assert all(not s.done and s.steps == 0 and not s.won for s in again)
+  for i, s in enumerate(again):
+    for cmd in _walkthrough(s.gamefile):
+      envs.step({i: cmd})
+  assert all(s.won for s in envs.states)
+  with pytest.raises(ValueError, match="engine_pool"):
+    AlfworldEnvConfig(engine_pool=-1)
 
 
 def test_planner_expert_plan_is_exposed_and_wins(train_games):

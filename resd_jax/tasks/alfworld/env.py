@@ -33,16 +33,20 @@ class AlfworldEnvConfig:
   """max_steps: engine steps per episode (the paper-style budget is 50).
   expert: also compute the planner's plan at every step (`EnvState.expert_plan`); slow, for tests / DAgger.
   max_obs_chars: every observation text is cut to this length.
+  engine_pool: how many loaded games to keep for reuse by later resets (each holds a parsed grammar).
   """
   max_steps: int = 50
   expert: bool = False
   max_obs_chars: int = FEEDBACK_CAP
+  engine_pool: int = 64  # loaded engines kept across resets (0 disables reuse)
 
   def __post_init__(self):
     if self.max_steps < 1:
       raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
     if self.max_obs_chars < 100:
       raise ValueError(f"max_obs_chars must be >= 100, got {self.max_obs_chars}")
+    if self.engine_pool < 0:
+      raise ValueError(f"engine_pool must be >= 0, got {self.engine_pool}")
 
 
 @dataclasses.dataclass
@@ -99,6 +103,7 @@ class AlfworldEnvs:
     self.config = config or AlfworldEnvConfig()
     self.states: list[EnvState] = []
     self._engines: list[Any] = []
+    self._idle: dict[str, list[Any]] = {}  # gamefile -> loaded engines free for reuse (load is ~2/3 of reset)
     self._metrics: dict[str, list[float]] = {}
 
   # -- batch control ---------------------------------------------------------------------------------
@@ -106,15 +111,19 @@ class AlfworldEnvs:
     """Starts one episode per game file (repeats allowed); returns the initial states."""
     if not gamefiles:
       raise ValueError("reset needs at least one game file")
-    self.close()
+    self._release()
     self.states, self._engines = [], []
     for i, gamefile in enumerate(gamefiles):
       state = EnvState(index=i, game_id=game_id(gamefile), gamefile=gamefile,
                        task_type=game_task_type(gamefile), task="")
       engine = None
       try:
-        engine = _make_engine(self.config.expert)
-        engine.load(gamefile)
+        free = self._idle.get(gamefile)
+        if free:
+          engine = free.pop()
+        else:
+          engine = _make_engine(self.config.expert)
+          engine.load(gamefile)
         self._absorb(state, engine.reset(), reset=True)
       except Exception as e:  # a broken game file ends only this slot
         self._crash(state, e)
@@ -197,13 +206,35 @@ class AlfworldEnvs:
   def reset_metrics(self) -> None:
     self._metrics = {}
 
+  def _release(self) -> None:
+    """Keeps the engines of healthy slots loaded for the next `reset`; closes the rest."""
+    keep = self.config.engine_pool
+    for state, engine in zip(self.states, self._engines):
+      if engine is None:
+        continue
+      pooled = sum(len(v) for v in self._idle.values())
+      if not state.crashed and pooled < keep:
+        self._idle.setdefault(state.gamefile, []).append(engine)
+      else:
+        self._close_engine(engine)
+    self._engines = []
+
+  @staticmethod
+  def _close_engine(engine) -> None:
+    try:
+      engine.close()
+    except Exception:  # closing a broken engine must not mask anything
+      pass
+
   def close(self) -> None:
+    """Closes every engine, pooled ones included."""
+    for engines in self._idle.values():
+      for engine in engines:
+        self._close_engine(engine)
+    self._idle = {}
     for engine in self._engines:
-      try:
-        if engine is not None:
-          engine.close()
-      except Exception:  # closing a broken engine must not mask anything
-        pass
+      if engine is not None:
+        self._close_engine(engine)
     self._engines = []
 
 
