@@ -117,3 +117,26 @@ def test_prompt_example_factory_does_what_it_says():
   assert "## Objective" in text and text.rstrip().endswith("# Task\n\nBuild a factory that does the following.\n\n"
                                                            "Accept everything.")
   assert "meets the task's requirements" in build_prompt("x", check_output=True)
+
+
+def _write_rows(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_data_path_folder_and_dict(tmp_path):
+  def row(rid):
+    return {"messages": [{"role": "user", "content": f"prompt {rid}"}], "ground_truth": TESTS, "dataset": "manufactoria",
+            "difficulty": "easy", "id": rid, "problem_family": "contains_count", "name": "At least 1 R"}
+  _write_rows(tmp_path / "has_train.jsonl", [row("a"), row("b")])
+  _write_rows(tmp_path / "has_test.jsonl", [row("c")])
+  task = ManufactoriaTask(data_path=str(tmp_path))
+  assert [e.id for e in task.prompts("train")] == ["a", "b"] and [e.id for e in task.prompts("test")] == ["c"]
+  ex = next(iter(task.prompts("test")))
+  assert ex.meta["split"] == "test" and task.grade(ex, "```\nSTART start:\n    NEXT end\nEND end\n```").acc == 0.5
+  task = ManufactoriaTask(data_path={"train": str(tmp_path / "has_test.jsonl"), "test": str(tmp_path / "has_train.jsonl")})
+  assert [e.id for e in task.prompts("train")] == ["c"]
+
+
+def test_missing_data_path_names_the_dataset(tmp_path):
+  with pytest.raises(FileNotFoundError, match="manufactoria/has_train"):
+    list(ManufactoriaTask(data_path=str(tmp_path / "nope")).prompts("train"))

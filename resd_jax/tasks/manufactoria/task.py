@@ -72,14 +72,16 @@ class ManufactoriaTask:
 
   split_seed: seed of the train/test split (the reference uses 42).
   tests_seed: seed of the generated test tapes.
-  data_path: the public dataset on disk; read through `resd_jax.tasks.data.load_manufactoria(data_path, split)`.
+  data_path: the public dataset on disk (HF or verl rows, parquet or JSONL), read by
+    `resd_jax.tasks.data.load_manufactoria`: a folder whose file names mention the split (e.g. has_train.jsonl,
+    has_test.jsonl), or a dict {"train": path, "test": path}.
   examples: pre-built examples per split (overrides the generator and data_path).
   sparse: reward 1.0 iff every test passes (RESD's setting); otherwise reward = acc. The test split is always sparse.
   max_test_cases: grade only the first n tests on train (None: all).
   """
   name = "manufactoria"
 
-  def __init__(self, split_seed: int = 42, data_path: str | None = None, *, tests_seed: int = 0,
+  def __init__(self, split_seed: int = 42, data_path: str | dict[str, str] | None = None, *, tests_seed: int = 0,
                sparse: bool = True, max_test_cases: int | None = None,
                examples: dict[str, list[Example]] | None = None):
     if max_test_cases is not None and max_test_cases < 1:
@@ -92,7 +94,8 @@ class ManufactoriaTask:
     if self._examples is None:
       if self.data_path is not None:
         from resd_jax.tasks import data  # the loaders module (public HF rows)
-        self._examples = {s: list(data.load_manufactoria(self.data_path, s)) for s in SPLITS}
+        paths = self.data_path if isinstance(self.data_path, dict) else dict.fromkeys(SPLITS, self.data_path)
+        self._examples = {s: list(data.load_manufactoria(paths.get(s), s)) for s in SPLITS}
       else:
         train, test = generator.split(generator.generate(self.tests_seed), seed=self.split_seed)
         self._examples = {"train": [example_from_problem(p, "train") for p in train],
