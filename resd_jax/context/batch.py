@@ -26,6 +26,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from resd_jax.context.config import require_positive
 from resd_jax.context.types import Metrics
 
 
@@ -52,9 +53,11 @@ class BatchShape:
   max_response_len: int
 
   def __post_init__(self):
-    for name in ("batch_size", "max_prompt_len", "max_teacher_prompt_len", "max_response_len"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"batch shape {name} must be > 0, got {getattr(self, name)}")
+    require_positive(self, "batch_shape", ("batch_size", "max_prompt_len", "max_teacher_prompt_len",
+                                           "max_response_len"))
+    if self.max_teacher_prompt_len < self.max_prompt_len:
+      raise ValueError(f"batch_shape.max_teacher_prompt_len ({self.max_teacher_prompt_len}) must be >= "
+                       f"max_prompt_len ({self.max_prompt_len}): the teacher prompt extends the student prompt")
 
 
 def _fill_row(tokens: np.ndarray, mask: np.ndarray, row: int, prompt: Sequence[int], response: Sequence[int],
@@ -98,10 +101,7 @@ def assemble_batch(student_prompts: Sequence[Sequence[int]], teacher_prompts: Se
     sd_i = float(sd_masks[i])
     if len(tp) > Pt:
       metrics.add("batch/teacher_overlong", 1)
-      if len(sp) > Pt:
-        raise ValueError(f"sample {i}: student prompt ({len(sp)} tokens) exceeds max_teacher_prompt_len={Pt}; "
-                         "max_teacher_prompt_len must be >= max_prompt_len")
-      tp, sd_i = sp, 0.0
+      tp, sd_i = sp, 0.0  # fits: Pt >= Ps
     else:
       metrics.add("batch/teacher_overlong", 0)
     _fill_row(st, sm, i, sp, resp, Ps)

@@ -6,6 +6,13 @@ import dataclasses
 from resd_jax.context.prune import METHODS
 
 
+def require_positive(cfg: object, prefix: str, names: tuple[str, ...]) -> None:
+  """Config validation: each named field must be > 0; the error names the field and its value."""
+  for name in names:
+    if getattr(cfg, name) <= 0:
+      raise ValueError(f"{prefix}.{name} must be > 0, got {getattr(cfg, name)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ContextConfig:
   """Knobs of `ContextUpdater`. Defaults follow the paper; extensions are off.
@@ -37,11 +44,8 @@ class ContextConfig:
   def __post_init__(self):
     if self.prune_method not in METHODS:
       raise ValueError(f"context.prune_method={self.prune_method!r} is not one of {METHODS}")
-    for name in ("prune_every",):
-      if getattr(self, name) < 0:
-        raise ValueError(f"context.{name} must be >= 0 (0 disables it), got {getattr(self, name)}")
-    for name in ("max_entries", "max_playbook_tokens", "max_entry_chars", "max_reflection_chars",
-                 "max_attempt_chars", "max_feedback_chars", "max_prompt_chars", "max_ops_per_call",
-                 "max_tags_per_call"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"context.{name} must be > 0, got {getattr(self, name)}")
+    if self.prune_every < 0:
+      raise ValueError(f"context.prune_every must be >= 0 (0 disables it), got {self.prune_every}")
+    require_positive(self, "context", (
+      "max_entries", "max_playbook_tokens", "max_entry_chars", "max_reflection_chars", "max_attempt_chars",
+      "max_feedback_chars", "max_prompt_chars", "max_ops_per_call", "max_tags_per_call"))

@@ -28,6 +28,7 @@ import dataclasses
 from typing import Callable
 
 from resd_jax.context import prompts
+from resd_jax.context.config import require_positive
 from resd_jax.context.playbook import Playbook
 from resd_jax.context.text import approx_token_count, clip_middle, strip_reasoning
 from resd_jax.context.types import GradedSample, Metrics
@@ -61,10 +62,8 @@ class TeacherContextConfig:
     if self.template == "sdpo" and (self.use_playbook or self.use_attempt or self.use_reflection):
       raise ValueError("the sdpo teacher template has only solution and feedback slots; set use_playbook, "
                        "use_attempt and use_reflection to False (TeacherContextConfig.sdpo() does this)")
-    for name in ("max_prompt_tokens", "max_attempt_chars", "max_feedback_chars", "max_solution_chars",
-                 "max_reflection_chars"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"teacher_context.{name} must be > 0, got {getattr(self, name)}")
+    require_positive(self, "teacher_context", ("max_prompt_tokens", "max_attempt_chars", "max_feedback_chars",
+                                                "max_solution_chars", "max_reflection_chars"))
 
   @classmethod
   def sdpo(cls, self_success: bool = False, **kw) -> "TeacherContextConfig":

@@ -63,6 +63,8 @@ def test_too_many_samples_and_bad_shape():
     assemble_batch(**args, shape=SHAPE, pad_id=PAD)
   with pytest.raises(ValueError, match="max_response_len must be > 0"):
     BatchShape(2, 4, 4, 0)
+  with pytest.raises(ValueError, match="must be >= max_prompt_len"):
+    BatchShape(2, 4, 3, 2)
 
 
 def test_batch_is_a_pytree_for_jit():
