@@ -27,7 +27,7 @@ setup(
         "numpy>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0"],  # accelerate: transformers needs it to read GGUF
         # Scene generation for BouncingSim needs a physics engine; graders do not.
         "physics": ["pymunk>=7.0"],
         "alfworld": ["alfworld==0.4.2", "textworld==1.7.0"],
