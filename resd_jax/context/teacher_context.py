@@ -25,7 +25,7 @@ counted as `teacher/overlong_dropped`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 from resd_jax.context import prompts
 from resd_jax.context.config import require_positive
@@ -122,12 +122,17 @@ def _compose(student: Messages, texts: dict[str, str], template: str) -> tuple[M
   return out, tuple(order)
 
 
-def solution_for(sample: GradedSample, known_before: str | None, cfg: TeacherContextConfig) -> str | None:
-  """The solution the teacher may see: one known before this batch, or (with self_success) the sample's own
-  response when it succeeded."""
-  if cfg.self_success and sample.grade.success:
-    return sample.response_text
-  return known_before
+def solution_for(samples: Sequence[GradedSample], i: int, known_before: str | None,
+                 cfg: TeacherContextConfig) -> str | None:
+  """The solution sample `i` may show its teacher, in order of preference: its own response when it succeeded
+  and `self_success` is on; the last successful sibling (same example id, another sample of this batch); the
+  solution known before this batch (`UpdateResult.solutions_before[i]`)."""
+  own = samples[i]
+  if cfg.self_success and own.grade.success:
+    return own.response_text
+  siblings = [s.response_text for j, s in enumerate(samples)
+              if j != i and s.grade.success and s.example.id == own.example.id]
+  return siblings[-1] if siblings else known_before
 
 
 def build_teacher_context(sample: GradedSample, playbook: Playbook, reflection: str, solution: str | None,

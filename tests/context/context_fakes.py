@@ -47,3 +47,14 @@ def reflection_json(error: str, tags=()) -> str:
 def ops_json(*contents, section="common_mistakes_to_avoid") -> str:
   return "```json\n" + json.dumps({"reasoning": "r", "operations": [
     {"type": "ADD", "section": section, "content": c} for c in contents]}) + "\n```"
+
+
+class ByteChatTokenizer:
+  """A stand-in chat tokenizer: `<role>: content` lines as UTF-8 bytes (+3 so 0..2 stay special)."""
+  pad_token_id = 0
+  eos_token_id = 1
+
+  def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=True, **kw):
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    text += "assistant: " if add_generation_prompt else ""
+    return [b + 3 for b in text.encode("utf-8")] if tokenize else text

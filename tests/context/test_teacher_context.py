@@ -71,12 +71,19 @@ def test_no_informative_slot_means_student_prompt_and_mask_zero():
   assert ctx.sd_mask == 0 and ctx.messages == list(_failed().example.messages)
 
 
-def test_solution_for_self_success():
+def test_solution_for_preference_order():
   ok, bad = sample("t", True, response="mine"), sample("t", False)
-  assert solution_for(ok, "older", TeacherContextConfig()) == "mine"
-  assert solution_for(ok, "older", TeacherContextConfig.sdpo()) == "older"
-  assert solution_for(ok, None, TeacherContextConfig.sdpo(self_success=True)) == "mine"
-  assert solution_for(bad, "older", TeacherContextConfig.sdpo(self_success=True)) == "older"
+  sib = sample("t", True, response="sibling")
+  other = sample("u", True, response="other id")
+  resd, sd, ss = TeacherContextConfig(), TeacherContextConfig.sdpo(), TeacherContextConfig.sdpo(self_success=True)
+  assert solution_for([ok], 0, "older", resd) == "mine"
+  assert solution_for([ok], 0, "older", sd) == "older"
+  assert solution_for([ok], 0, None, ss) == "mine"
+  assert solution_for([bad], 0, "older", ss) == "older"
+  assert solution_for([ok, bad, other], 1, None, sd) == "mine"  # a successful sibling of the same id
+  assert solution_for([ok, sib], 0, None, sd) == "sibling"      # plain SDPO: another rollout, never its own
+  assert solution_for([ok, sib], 0, None, ss) == "mine"
+  assert solution_for([bad, other], 0, None, sd) is None
 
 
 def test_sdpo_template():
@@ -87,9 +94,9 @@ def test_sdpo_template():
   assert ctx.messages[1]["content"] == "\n\n".join([
     "Solve task t1.", hs["feedback"] + "\nTest 2 failed: got 3", prompts.TEACHER_CLOSING["sdpo"]])
   ok = sample("t2", True, response="<think>r</think>done")
-  assert build_teacher_context(ok, _pb(), "", solution_for(ok, None, sd), sd).sd_mask == 0  # plain SDPO
+  assert build_teacher_context(ok, _pb(), "", solution_for([ok], 0, None, sd), sd).sd_mask == 0  # plain SDPO
   ss = TeacherContextConfig.sdpo(self_success=True)
-  ctx = build_teacher_context(ok, _pb(), "", solution_for(ok, None, ss), ss)  # SDPO+ss distils own success
+  ctx = build_teacher_context(ok, _pb(), "", solution_for([ok], 0, None, ss), ss)  # SDPO+ss distils own success
   assert ctx.slots == ("solution",) and hs["solution"] + "\ndone" in ctx.messages[0]["content"]
 
 
