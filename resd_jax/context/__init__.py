@@ -1,5 +1,6 @@
 """The context engine: playbook, reflection, success tagging, curation, pruning, solution buffer, teacher
 context and batch assembly (DESIGN.md section 1, steps 3-4)."""
+from resd_jax.context.assemble import distillation_batch
 from resd_jax.context.batch import Batch, BatchShape, assemble_batch
 from resd_jax.context.config import ContextConfig
 from resd_jax.context.playbook import SECTION_KEYS, Entry, Playbook
@@ -10,6 +11,6 @@ from resd_jax.context.teacher_context import (TeacherContext, TeacherContextConf
 from resd_jax.context.types import GradedSample, Metrics
 from resd_jax.context.updater import ContextUpdater, UpdateResult
 
-__all__ = ["Batch", "BatchShape", "assemble_batch", "ContextConfig", "SECTION_KEYS", "Entry", "Playbook",
+__all__ = ["distillation_batch", "Batch", "BatchShape", "assemble_batch", "ContextConfig", "SECTION_KEYS", "Entry", "Playbook",
            "PROMPTS_VERSION", "SolutionBuffer", "TeacherContext", "TeacherContextConfig", "build_teacher_context",
            "solution_for", "GradedSample", "Metrics", "ContextUpdater", "UpdateResult"]

@@ -198,7 +198,7 @@ def parse_tag_list(value: Any, max_tags: int = 256) -> tuple[list[tuple[str, str
   """`[{"id": ..., "tag": helpful|harmful|neutral}, ...]` -> (valid (id, tag) pairs, invalid item count).
 
   Also accepts the mapping form `{"<id>": "<tag>"}`. Ids are taken as strings (ints converted); tags are
-  case-insensitive. Items past `max_tags` are counted as invalid.
+  case-insensitive. Items past `max_tags` and repeats of an id are counted as invalid.
   """
   if isinstance(value, dict):
     value = [{"id": k, "tag": v} for k, v in value.items()]
@@ -206,6 +206,7 @@ def parse_tag_list(value: Any, max_tags: int = 256) -> tuple[list[tuple[str, str
     return [], 0 if value is None else 1
   pairs: list[tuple[str, str]] = []
   invalid = max(0, len(value) - max_tags)
+  seen: set[str] = set()
   for item in value[:max_tags]:
     if not isinstance(item, dict):
       invalid += 1
@@ -216,5 +217,10 @@ def parse_tag_list(value: Any, max_tags: int = 256) -> tuple[list[tuple[str, str
     if not isinstance(entry_id, str) or not isinstance(tag, str) or tag.strip().lower() not in TAG_VALUES:
       invalid += 1
       continue
-    pairs.append((entry_id.strip()[:64], tag.strip().lower()))
+    entry_id = entry_id.strip()[:64]
+    if entry_id in seen:  # one vote per entry per answer: repeats are counted, not applied
+      invalid += 1
+      continue
+    seen.add(entry_id)
+    pairs.append((entry_id, tag.strip().lower()))
   return pairs, invalid

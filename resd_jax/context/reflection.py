@@ -52,7 +52,7 @@ def _tags(obj, raw: str, cfg: ContextConfig, metrics: Metrics, prefix: str) -> l
   value = obj.get("bullet_tags") if obj is not None else None
   pairs, invalid = parse_tag_list(value, cfg.max_tags_per_call)
   if obj is None or not isinstance(value, (list, dict)):
-    pairs = recover_tags(raw)[: cfg.max_tags_per_call]
+    pairs, _ = parse_tag_list([{"id": i, "tag": t} for i, t in recover_tags(raw)], cfg.max_tags_per_call)
     metrics.add(f"{prefix}/tags_recovered_by_fallback", len(pairs) > 0)
   metrics.add(f"{prefix}/invalid_tag_items", invalid, len(pairs) + invalid)
   return pairs

@@ -108,6 +108,8 @@ def test_tag_list_forms_and_cap():
   assert len(pairs) == 4 and invalid == 6
   assert parse_tag_list(None) == ([], 0) and parse_tag_list("x") == ([], 1)
   assert recover_tags('"id": "a-00001", "tag": "bogus"') == []
+  repeated = [{"id": "a-00001", "tag": "helpful"}, {"id": "a-00001", "tag": "harmful"}]
+  assert parse_tag_list(repeated) == ([("a-00001", "helpful")], 1)
 
 
 def test_as_text():
