@@ -56,6 +56,15 @@ class ContextUpdater:
 
   # ----- one update ---------------------------------------------------------------------------------------
   def update(self, samples: Sequence[GradedSample], generate_text: GenerateText, step: int) -> UpdateResult:
+    """One context update; all or nothing: if `generate_text` raises, the state is left as it was."""
+    saved = self.state_dict()
+    try:
+      return self._update(samples, generate_text, step)
+    except BaseException:
+      self.load_state_dict(saved)
+      raise
+
+  def _update(self, samples: Sequence[GradedSample], generate_text: GenerateText, step: int) -> UpdateResult:
     cfg, pb, m = self.config, self.playbook, Metrics()
     pb.update_count += 1
     before = [self.buffer.get(s.example.id) for s in samples]

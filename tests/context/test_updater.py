@@ -75,8 +75,11 @@ def test_bad_model_output_is_counted_not_raised():
 
 def test_generate_text_contract_violation_raises():
   up = ContextUpdater(ContextConfig(), seed=0)
+  up.playbook.add("others", "kept", 0)
+  before = up.to_json()
   with pytest.raises(ValueError, match="exactly one text per conversation"):
     up.update([sample("a", False)], lambda convs: [], step=1)
+  assert up.to_json() == before  # all or nothing: the update count did not move
   with pytest.raises(TypeError, match="ContextConfig"):
     ContextUpdater({"prune_method": "x"}, seed=0)
 
