@@ -89,6 +89,8 @@ def test_manifest_reuses_matching_output_and_regenerates_otherwise(tmp_path):
   assert len(data.list_games(root, "train")) == 1
   with pytest.raises(ValueError, match="n_per_type"):
     generator.ensure_generated_games(root, n_per_type=0)
+  with pytest.raises(ValueError, match="unknown split / task type.*'dev'"):
+    generator.ensure_generated_games(root, splits=("dev",))
 
 
 def test_adapter_plays_expert_episodes_to_success(train_games):

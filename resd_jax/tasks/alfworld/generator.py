@@ -36,7 +36,7 @@ TASK_TYPES: dict[int, str] = {
 }
 SPLITS = ("train", "valid_seen", "valid_unseen")
 MANIFEST = "resd_generated_games.json"
-GENERATOR_VERSION = 1  # bump when the output for a given seed changes
+GENERATOR_VERSION = 2  # bump when the output for a given seed changes
 _APPLIANCE = {  # task type -> receptacle type the state change needs (the domain's preconditions)
   "pick_clean_then_place_in_recep": "SinkBasin",
   "pick_heat_then_place_in_recep": "Microwave",
@@ -50,7 +50,7 @@ _PROPERTY = {  # task type -> VAL_ACTION_OBJECTS key the target object must have
 _LAMP = "DeskLamp"
 _LAMP_HOLDERS = ("Desk", "SideTable", "Dresser", "Shelf", "CounterTop", "DiningTable", "CoffeeTable")
 _EXCLUDED_OBJECTS = {"Box", "HandTowel", "Towel", "ToiletPaper", "ToiletPaperRoll", "PaperTowel"}
-_MAX_DRAWS = 40  # redraws per game before giving up (each draw is cheap; the planner is the slow part)
+_MAX_DRAWS = 40  # planner runs per game before giving up
 
 
 class GenerationError(RuntimeError):
@@ -369,36 +369,43 @@ def _gamedata(spec: GameSpec, problem: str) -> dict[str, Any]:
           "walkthrough": None}
 
 
+def _first_solvable(split: str, task_type: str, k: int, seed: int) -> tuple[GameSpec, str, str, dict]:
+  """(spec, trial name, problem, game data with walkthrough) of game `k`: the first seeded draw that solves.
+  Draws in scenes lacking what the task needs are cheap and not counted against the planner-run budget."""
+  scenes = _scene_numbers(split)
+  planner_runs = 0
+  for draw in range(_MAX_DRAWS * 25):
+    rng = random.Random(f"{seed}/{split}/{task_type}/{k}/{draw}")
+    spec = draw_game(task_type, rng.choice(scenes), rng)
+    if spec is None:
+      continue
+    problem = problem_pddl(spec, f"resd_{split}_{task_type}_{k}")
+    gamedata = _gamedata(spec, problem)
+    plan = solve(gamedata)
+    planner_runs += 1
+    if plan is not None:
+      gamedata["solvable"], gamedata["walkthrough"] = True, plan
+      return spec, f"trial_G{seed}_{k:04d}_{draw:03d}", problem, gamedata
+    if planner_runs >= _MAX_DRAWS:
+      break
+  raise GenerationError(f"no solvable {task_type} game for split {split} after {planner_runs} planner runs "
+                        f"(seed {seed}); try another seed")
+
+
 def generate_split(root: str, split: str, task_type: str, n: int, seed: int) -> list[str]:
   """Writes `n` solvable games of one type into `root/json_2.1.1/split`; returns their trial dirs."""
-  scenes = _scene_numbers(split)
   out = []
   for k in range(n):
-    for draw in range(_MAX_DRAWS):
-      rng = random.Random(f"{seed}/{split}/{task_type}/{k}/{draw}")
-      spec = draw_game(task_type, rng.choice(scenes), rng)
-      if spec is None:
-        continue
-      trial = f"trial_G{seed}_{k:04d}_{draw:02d}"
-      problem = problem_pddl(spec, f"resd_{split}_{task_type}_{k}")
-      gamedata = _gamedata(spec, problem)
-      plan = solve(gamedata)
-      if plan is None:
-        continue
-      gamedata["solvable"], gamedata["walkthrough"] = True, plan
-      d = os.path.join(root, "json_2.1.1", split, spec.dirname, trial)
-      os.makedirs(d, exist_ok=True)
-      with open(os.path.join(d, "initial_state.pddl"), "w") as f:
-        f.write(problem)
-      with open(os.path.join(d, "traj_data.json"), "w") as f:
-        json.dump(traj_data(spec), f, indent=1, sort_keys=True)
-      with open(os.path.join(d, "game.tw-pddl"), "w") as f:
-        json.dump(gamedata, f)
-      out.append(d)
-      break
-    else:
-      raise GenerationError(f"no solvable {task_type} game in {_MAX_DRAWS} draws for split {split} "
-                            f"(seed {seed}); try another seed")
+    spec, trial, problem, gamedata = _first_solvable(split, task_type, k, seed)
+    d = os.path.join(root, "json_2.1.1", split, spec.dirname, trial)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "initial_state.pddl"), "w") as f:
+      f.write(problem)
+    with open(os.path.join(d, "traj_data.json"), "w") as f:
+      json.dump(traj_data(spec), f, indent=1, sort_keys=True)
+    with open(os.path.join(d, "game.tw-pddl"), "w") as f:
+      json.dump(gamedata, f)
+    out.append(d)
   return out
 
 
