@@ -190,13 +190,16 @@ def _knobs(params: SamplingParams, vocab: int) -> Knobs:
 
 
 def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams, rng: jax.Array | None = None,
-             *, pad_id: int = 0, decode_text: Callable[[list[int]], str] | None = None) -> Completions:
+             *, pad_id: int = 0, decode_text: Callable[[list[int]], str] | None = None,
+             row_ids: Sequence[int] | None = None) -> Completions:
   """Sample one completion per prompt.
 
   model: an nnx Transformer or a (graphdef, state) pair (e.g. the training state's weights); under
   `jax.set_mesh(mesh)` the batch is sharded over data x fsdp and the weights stay in their layout.
   prompts: token-id lists (non-empty, mixed lengths). rng: a PRNG key (default: PRNGKey(params.seed)).
   decode_text: ids -> text, needed only for `params.stop_strings`.
+  row_ids: one integer per prompt folded into the key (default 0..n-1); callers that reorder or split
+  prompts into several calls pass the original indices so each prompt keeps its own random stream.
   """
   if not isinstance(params, SamplingParams):
     raise TypeError(f"generate: params must be a SamplingParams, got {type(params).__name__}")
@@ -224,7 +227,12 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
   mask[n:, -1] = True                                                       # padding rows: one dummy token
   live = np.arange(b) < n
   key = jax.random.PRNGKey(params.seed) if rng is None else rng
-  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(b, dtype=jnp.int32))
+  ids = np.arange(b, dtype=np.int64) + (0 if row_ids is None else 1 << 30)  # padding rows: unused keys
+  if row_ids is not None:
+    if len(row_ids) != n:
+      raise ValueError(f"generate: {len(row_ids)} row_ids for {n} prompts; give one per prompt")
+    ids[:n] = np.asarray(row_ids, np.int64)
+  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(ids % (1 << 31), jnp.int32))
   knobs = _knobs(params, cfg.vocab_size)
   k_cap = kcap_for(params.top_k, cfg.vocab_size)
   if mesh is not None:
