@@ -9,6 +9,9 @@ runner confines itself before the program runs:
   unprivileged uid/gid (one per concurrent run, so runs cannot signal each other) with no groups and
   no_new_privs. Root ignores RLIMIT_NPROC, so the drop is what makes that limit hold. Any failed step aborts
   the run before the program starts ("sandbox_error").
+* root without the right to create mount namespaces, e.g. a default Docker container ("uid_only", chosen by
+  "auto" after a failed probe, with a warning): the rlimits and the uid drop, a network namespace if allowed;
+  the program can then write where any user may (/tmp) and read what any user may.
 * not root ("best_effort"): a user + network namespace if the kernel allows unprivileged ones, and the rlimits;
   the filesystem stays writable where the user can write. Documented best effort.
 
@@ -36,11 +39,13 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Any, Iterable, Sequence
 
 RUNNER = pathlib.Path(__file__).with_name("sandbox_runner.py")
 DEFAULT_PRELOAD = ("math", "cmath", "itertools", "functools", "collections", "fractions", "decimal", "heapq",
                    "bisect", "random")
+ISOLATION_MODES = ("auto", "strict", "uid_only", "best_effort")
 _UID_BASE = 200_000  # unmapped uids used for strict runs: base + (pid % 5000) * 128 + slot
 _SLOTS = 128
 
@@ -58,7 +63,7 @@ class SandboxLimits:
   output_cap: int = 4096         # bytes of stdout / stderr tail kept
   result_cap: int = 1 << 20      # bytes of result JSON accepted
   program_cap: int = 1 << 20     # longest program accepted (characters)
-  isolation: str = "auto"        # "auto" (strict if root), "strict", "best_effort"
+  isolation: str = "auto"        # see ISOLATION_MODES and the module docstring
   preload: tuple[str, ...] = DEFAULT_PRELOAD  # modules importable by the program (others fail in strict mode)
 
   def __post_init__(self):
@@ -70,13 +75,15 @@ class SandboxLimits:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"SandboxLimits.{name} must be a positive int, got {value!r}")
-    if self.isolation not in ("auto", "strict", "best_effort"):
-      raise ValueError(f"SandboxLimits.isolation must be auto/strict/best_effort, got {self.isolation!r}")
+    if self.isolation not in ISOLATION_MODES:
+      raise ValueError(f"SandboxLimits.isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
 
   def resolved_isolation(self) -> str:
-    if self.isolation == "auto":
-      return "strict" if os.geteuid() == 0 else "best_effort"
-    return self.isolation
+    if self.isolation != "auto":
+      return self.isolation
+    if os.geteuid() != 0:
+      return "best_effort"
+    return _probe_root_isolation()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,16 +196,34 @@ def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
     time.sleep(0.002)
 
 
+_PROBE: dict[str, str] = {}
+_PROBE_LOCK = threading.Lock()
+
+
+def _probe_root_isolation() -> str:
+  """As root: "strict" if a trivial strict run works here, else "uid_only" (warned once). Cached per process."""
+  with _PROBE_LOCK:
+    if "mode" not in _PROBE:
+      res = run(Request(program="", mode="exec"), SandboxLimits(isolation="strict", preload=()))
+      _PROBE["mode"] = "strict" if res.status == "ok" else "uid_only"
+      if _PROBE["mode"] == "uid_only":
+        warnings.warn(f"sandbox: mount/network namespaces unavailable ({res.error_type}: {res.error}); running "
+                      "with rlimits and an unprivileged uid only (the filesystem is not read-only)")
+    return _PROBE["mode"]
+
+
 def run(request: Request, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
   """Run one request in a fresh confined process and report what happened. Never raises on program behaviour."""
   if len(request.program) > limits.program_cap:
     return SandboxResult(status="error", stage="definition", error_type="ProgramTooLong",
                          error=f"program has {len(request.program)} characters (limit {limits.program_cap})")
   mode = limits.resolved_isolation()
-  if mode == "strict" and os.geteuid() != 0:
-    raise PermissionError("SandboxLimits.isolation='strict' needs root; use 'auto' or 'best_effort'")
-  uid = _SLOT_POOL.acquire() if mode == "strict" else None
+  if mode in ("strict", "uid_only") and os.geteuid() != 0:
+    raise PermissionError(f"SandboxLimits.isolation={mode!r} needs root; use 'auto' or 'best_effort'")
+  uid = _SLOT_POOL.acquire() if mode in ("strict", "uid_only") else None
   workdir = tempfile.mkdtemp(prefix="resd-sandbox-")
+  if mode == "uid_only":
+    os.chown(workdir, uid, uid)  # strict mounts its own tmpfs instead
   r_fd = w_fd = -1
   try:
     request_path = os.path.join(workdir, "request.json")

@@ -105,13 +105,16 @@ def _confine(setup: dict) -> list:
     applied.append("readonly_fs" + (f"(skipped {len(failed)})" if failed else ""))
     _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
     applied.append("no_network")
+  elif mode == "uid_only":  # root without CAP_SYS_ADMIN (e.g. a default container): no mount namespace
+    if _libc.unshare(_CLONE_NEWNET) == 0:
+      applied.append("no_network")
   elif mode == "best_effort":  # unprivileged: a user + network namespace if the kernel allows it
     if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
       applied.append("no_network")
   os.chdir(setup["workdir"])
   _set_limits(setup["limits"])
   applied.append("rlimits")
-  if mode == "strict":
+  if mode in ("strict", "uid_only"):
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)  # real, effective and saved: no way back to root

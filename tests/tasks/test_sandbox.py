@@ -214,3 +214,32 @@ def test_program_too_long_and_bad_limits():
     SandboxLimits(isolation="docker")
   with pytest.raises(ValueError, match="workers"):
     sandbox.SandboxPool(workers=0)
+
+
+@needs_root
+def test_uid_only_mode_drops_privileges_and_still_bounds_processes():
+  limits = dataclasses.replace(SMALL, isolation="uid_only")
+  r = sandbox.run(Request(program="import os\ndef f():\n  return [os.getuid(), os.getgid(), os.getgroups()]\n",
+                          func="f"), limits)
+  assert r.status == "ok" and r.value[0] != 0 and r.value[1] != 0 and r.value[2] == []
+  assert r.value[0] == _uid_of(r) and "readonly_fs" not in r.isolation
+  bomb = ("import os\n"
+          "while True:\n"
+          "  try:\n"
+          "    if os.fork() == 0:\n"
+          "      while True: pass\n"
+          "  except OSError:\n"
+          "    break\n")
+  r = sandbox.run(Request(program=bomb, mode="exec"), limits)
+  uid = _uid_of(r)
+  assert r.status == "ok" and uid is not None and r.runtime_s < 3.0
+  assert sandbox._pids_of_uid(uid) == []
+
+
+@needs_root
+def test_auto_resolves_to_strict_where_namespaces_work():
+  assert SandboxLimits().resolved_isolation() == "strict"
+
+
+def test_uid_sweep_sees_live_processes():
+  assert os.getpid() in sandbox._pids_of_uid(os.getuid())
