@@ -26,7 +26,7 @@ import math
 import re
 from typing import Any, Iterator, Sequence
 
-from resd_jax.tasks import sandbox
+from resd_jax.tasks import data, sandbox
 from resd_jax.tasks.base import FEEDBACK_CAP, Example, Grade, register
 from resd_jax.tasks.text_utils import cap, debug_section, hard_cut, last_python_block
 
@@ -264,25 +264,14 @@ def example_from_row(row: dict[str, Any], split: str) -> Example:
   schema) or a verl parquet row (`prompt`, `reward_model.ground_truth` JSON text, `extra_info.index`)."""
   if split not in SPLITS:
     raise ValueError(f"BouncingSim split must be one of {SPLITS}, got {split!r}")
-  extra = row.get("extra_info") or {}
-  if "messages" in row:
-    messages, tests, rid = row["messages"], row.get("ground_truth"), row.get("id")
-  elif "prompt" in row:
-    messages, tests, rid = row["prompt"], (row.get("reward_model") or {}).get("ground_truth"), extra.get("index")
-  else:
-    raise ValueError(f"BouncingSim row has neither 'messages' (HF schema) nor 'prompt' (verl schema); "
-                     f"keys: {sorted(row)}")
-  if not rid:
-    raise ValueError("BouncingSim row has no id: expected 'id' (HF schema) or 'extra_info.index' (verl schema)")
+  messages, tests, rid = data.row_fields(row, "BouncingSim")
   try:
     asserts = decode_tests(tests)
   except ValueError as e:
     raise ValueError(f"BouncingSim row {rid}: {e}") from None
-  if isinstance(messages, str):
-    messages = json.loads(messages)
   msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
-  difficulty = row.get("difficulty", extra.get("difficulty", ""))
-  return Example(str(rid), msgs, {"tests": asserts, "split": split, "difficulty": str(difficulty)})
+  difficulty = row.get("difficulty", (row.get("extra_info") or {}).get("difficulty", ""))
+  return Example(rid, msgs, {"tests": asserts, "split": split, "difficulty": str(difficulty)})
 
 
 @register("bouncingsim")
@@ -308,7 +297,6 @@ class BouncingSimTask:
 
   def _load(self, split: str) -> list[Example]:
     if split not in self._examples:
-      from resd_jax.tasks import data
       if self.paths[split] is not None or any(self.paths.values()):
         self._examples[split] = list(data.load_bouncingsim(self.paths[split], split,
                                                            limit=self.limit_rows if split == "train" else None))

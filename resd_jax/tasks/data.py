@@ -62,6 +62,24 @@ class DataSource(Sequence[Example]):
     return iter(self._examples[cursor:])
 
 
+def row_fields(row: dict[str, Any], dataset: str) -> tuple[Any, Any, str]:
+  """(messages, ground truth, id) of a public HF row (`messages`, `ground_truth`, `id`) or a verl parquet row
+  (`prompt`, `reward_model.ground_truth`, `extra_info.index`). Raises ValueError naming what is missing."""
+  if "messages" in row:
+    messages, truth, rid = row["messages"], row.get("ground_truth"), row.get("id")
+  elif "prompt" in row:
+    messages, truth = row["prompt"], (row.get("reward_model") or {}).get("ground_truth")
+    rid = (row.get("extra_info") or {}).get("index")
+  else:
+    raise ValueError(f"{dataset} row has neither 'messages' (HF schema) nor 'prompt' (verl schema); "
+                     f"keys: {sorted(row)}")
+  if not rid:
+    raise ValueError(f"{dataset} row has no id: expected 'id' (HF schema) or 'extra_info.index' (verl schema)")
+  if isinstance(messages, str):
+    messages = json.loads(messages)
+  return messages, truth, str(rid)
+
+
 def _missing(dataset: str, split: str, path: Any) -> DataNotFoundError:
   where = PUBLISHED[dataset][split]
   key = f"data.{split}_path"
