@@ -1,0 +1,148 @@
+"""Memory plan of the self-distillation train step: lower + compile with abstract shapes on a simulated mesh.
+
+  python launch/plan.py --model=qwen3_4b --prompt_len=49152 --response_len=20480 --fsdp=8
+  python launch/plan.py --config=configs/manufactoria.py --model=qwen3_4b --batch=8
+
+Nothing is allocated: the model, optimizer and batch are ShapeDtypeStructs, the step is compiled for
+`--devices` simulated CPU devices, and `compiled.memory_analysis()` gives the per-device temporary memory.
+Printed per device: params, optimizer, teacher (from the shardings of the state), activations (XLA's
+temporaries of the step), and the total against 141 GB (H200) and 95 GB (TPU v5p). CPU compilation stands
+in for the accelerator's: the split is indicative (the accelerator compiler fuses and schedules differently).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import pathlib
+import sys
+import time
+
+_GB = 1e9
+
+
+def _parse() -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", default="", help="an ml_collections config file, optionally file.py:variant")
+  ap.add_argument("--model", default="", help="ModelConfig preset (default: qwen3_4b, or the config's preset)")
+  ap.add_argument("--prompt_len", type=int, default=0, help="student prompt tokens (default 49152)")
+  ap.add_argument("--teacher_prompt_len", type=int, default=0, help="teacher prompt tokens (default = prompt_len)")
+  ap.add_argument("--response_len", type=int, default=0, help="response tokens (default 20480)")
+  ap.add_argument("--batch", type=int, default=0, help="rows per optimizer step (default: one per batch shard)")
+  ap.add_argument("--micro_batches", type=int, default=0)
+  ap.add_argument("--devices", type=int, default=8)
+  ap.add_argument("--data", type=int, default=1)
+  ap.add_argument("--fsdp", type=int, default=-1)
+  ap.add_argument("--tensor", type=int, default=1)
+  ap.add_argument("--remat", default="full", choices=("none", "full", "dots"))
+  ap.add_argument("--compute_dtype", default="bfloat16")
+  ap.add_argument("--attn_block", type=int, default=0, help="query block of causal attention (model default)")
+  ap.add_argument("--teacher", default="", help="frozen | ema | current | trust_region (default: config or ema)")
+  return ap.parse_args()
+
+
+def _load_config(spec: str):
+  path, _, variant = spec.partition(":")
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise SystemExit(f"--config: no such file {path!r}; pass e.g. --config=configs/manufactoria.py:tiny")
+  mod_spec = importlib.util.spec_from_file_location("_plan_config", p)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  return mod.get_config(variant) if variant else mod.get_config()
+
+
+def main() -> None:
+  args = _parse()
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={args.devices}").strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  import jax  # noqa: PLC0415  (after XLA_FLAGS)
+  import jax.numpy as jnp  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from resd_jax.context.batch import Batch  # noqa: PLC0415
+  from resd_jax.distill.teacher import TeacherConfig  # noqa: PLC0415
+  from resd_jax.models import ModelConfig, Transformer  # noqa: PLC0415
+  from resd_jax.parallel import make_mesh  # noqa: PLC0415
+  from resd_jax.train import state as st  # noqa: PLC0415
+  from resd_jax.train.optim import make_optimizer  # noqa: PLC0415
+  from resd_jax.train.step import StepConfig, make_sd_step, state_shardings  # noqa: PLC0415
+
+  step_cfg, model_name = StepConfig(), args.model or "qwen3_4b"
+  ps, pt, r = args.prompt_len or 49152, args.teacher_prompt_len, args.response_len or 20480
+  if args.config:
+    from resd_jax import config_schema  # noqa: PLC0415
+    cfg = _load_config(args.config)
+    parts = config_schema.build_parts(cfg, args.devices)
+    step_cfg = parts.step
+    shape = parts.batch_shape
+    ps = args.prompt_len or shape.max_prompt_len
+    pt = args.teacher_prompt_len or shape.max_teacher_prompt_len
+    r = args.response_len or shape.max_response_len
+    model_name = args.model or (cfg.model.preset if cfg.model.preset else "qwen3_4b")
+  pt = pt or ps
+  if args.teacher:
+    step_cfg = StepConfig(**{**step_cfg.__dict__, "teacher": TeacherConfig(args.teacher, step_cfg.teacher.rate)})
+  if args.micro_batches:
+    step_cfg = StepConfig(**{**step_cfg.__dict__, "micro_batches": args.micro_batches})
+
+  mesh = make_mesh(data=args.data, fsdp=args.fsdp, tensor=args.tensor)
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  rows = args.batch or sizes["data"] * sizes["fsdp"]
+  overrides = dict(remat=args.remat, compute_dtype=args.compute_dtype, param_dtype="float32")
+  if args.attn_block:
+    overrides["attn_block"] = args.attn_block
+  mcfg = ModelConfig.preset(model_name, **overrides)
+
+  abstract_model = nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0)))
+  graphdef, params = st.split_model(abstract_model)
+  optimizer = make_optimizer(step_cfg.optim)
+  state = jax.eval_shape(lambda p: st.init_train_state(p, optimizer, step_cfg.teacher), params)
+  i32, b8, f32 = jnp.int32, jnp.bool_, jnp.float32
+  sds = jax.ShapeDtypeStruct
+  batch = Batch(sds((rows, ps + r), i32), sds((rows, ps + r), b8), sds((rows, pt + r), i32), sds((rows, pt + r), b8),
+                sds((rows, r), i32), sds((rows, r), f32), sds((rows,), f32), sds((rows,), f32), sds((rows, r), f32))
+
+  step = make_sd_step(graphdef, step_cfg, mesh)
+  t0 = time.time()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.time() - t0
+  mem = compiled.memory_analysis()
+
+  shardings = state_shardings(state, mesh)
+
+  def per_device(tree, sh_tree) -> float:
+    total = 0
+    for leaf, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(sh_tree)):
+      shard = sh.shard_shape(leaf.shape)
+      total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total / _GB
+
+  p_gb = per_device(state.params, shardings.params)
+  o_gb = per_device(state.opt_state, shardings.opt_state)
+  t_gb = per_device(state.teacher, shardings.teacher) if state.teacher is not None else 0.0
+  act_gb = mem.temp_size_in_bytes / _GB
+  batch_shards = min(rows, sizes["data"] * sizes["fsdp"])
+  batch_gb = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(batch)) / batch_shards / _GB
+  total = p_gb + o_gb + t_gb + act_gb + batch_gb
+  print(f"model {model_name}: {mcfg.num_params() / 1e9:.2f} B params, remat={mcfg.remat}, "
+        f"compute={mcfg.compute_dtype}, attn_block={mcfg.attn_block}")
+  print(f"mesh {sizes} on {args.devices} simulated devices; batch {rows} rows x (student {ps}+{r}, teacher {pt}+{r}),"
+        f" micro_batches={step_cfg.micro_batches}, teacher={step_cfg.teacher.kind}, loss chunk "
+        f"{step_cfg.distill.chunk_size}, top_k={step_cfg.distill.top_k}")
+  print(f"compiled in {compile_s:.0f} s; XLA: arguments {mem.argument_size_in_bytes / _GB:.2f} GB, "
+        f"outputs {mem.output_size_in_bytes / _GB:.2f} GB, aliased {mem.alias_size_in_bytes / _GB:.2f} GB, "
+        f"temporaries {act_gb:.2f} GB per device")
+  print("per-device memory (GB):")
+  for name, gb in (("params (fp32)", p_gb), ("optimizer (AdamW m, v)", o_gb), ("teacher", t_gb),
+                   ("activations (XLA temporaries)", act_gb), ("batch", batch_gb), ("total", total)):
+    print(f"  {name:32s} {gb:8.2f}")
+  for device, cap in (("H200 141 GB", 141), ("TPU v5p 95 GB", 95)):
+    print(f"  fits {device}: {'yes' if total <= cap else 'no'} ({total / cap:.0%} of capacity)")
+
+
+if __name__ == "__main__":
+  main()
