@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import json
 import math
+import os
 import re
 from typing import Any, Iterator, Sequence
 
@@ -280,7 +281,8 @@ class BouncingSimTask:
   from `examples`; without either, scenes are generated with the physics extra (`generate` = rows per split).
 
   sparse: reward 1.0 iff every assert passes (RESD's setting), else reward = acc; test is always sparse.
-  limits: sandbox limits per test (timeout_s=1.0 is the paper's budget). workers: tests run in parallel.
+  limits: sandbox limits per test (timeout_s=1.0 is the paper's budget); the data files are hidden from the
+    programs (strict isolation) unless `limits.hide_paths` is set. workers: tests run in parallel.
   """
   name = "bouncingsim"
 
@@ -291,6 +293,9 @@ class BouncingSimTask:
     if not isinstance(workers, int) or workers < 1:
       raise ValueError(f"BouncingSimTask.workers must be a positive int, got {workers!r}")
     self.paths = {"train": train_path, "test": test_path}
+    data_files = tuple(os.path.abspath(p) for p in (train_path, test_path) if p and os.path.exists(p))
+    if data_files and not limits.hide_paths:  # the programs must not read the expected positions
+      limits = dataclasses.replace(limits, hide_paths=data_files)
     self.level, self.generate, self.seed = level, tuple(generate), int(seed)
     self.sparse, self.limits, self.workers, self.limit_rows = bool(sparse), limits, workers, limit_rows
     self._examples = dict(examples) if examples is not None else {}

@@ -65,6 +65,7 @@ class SandboxLimits:
   program_cap: int = 1 << 20     # longest program accepted (characters)
   isolation: str = "auto"        # see ISOLATION_MODES and the module docstring
   preload: tuple[str, ...] = DEFAULT_PRELOAD  # modules importable by the program (others fail in strict mode)
+  hide_paths: tuple[str, ...] = ()  # strict mode: files / folders made invisible (e.g. the dataset with answers)
 
   def __post_init__(self):
     for name in ("timeout_s", "startup_timeout_s"):
@@ -75,6 +76,8 @@ class SandboxLimits:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"SandboxLimits.{name} must be a positive int, got {value!r}")
+    if not all(isinstance(p, str) and os.path.isabs(p) for p in self.hide_paths):
+      raise ValueError(f"SandboxLimits.hide_paths must be absolute paths, got {self.hide_paths!r}")
     if self.isolation not in ISOLATION_MODES:
       raise ValueError(f"SandboxLimits.isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
 

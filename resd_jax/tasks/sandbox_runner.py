@@ -63,8 +63,9 @@ def _unescape(path: str) -> str:
   return "".join(out)
 
 
-def _readonly_filesystem(workdir: str, uid: int, tmpfs_mb: int) -> list:
-  """Private mount namespace: every mount read-only, then a fresh writable tmpfs on `workdir`."""
+def _readonly_filesystem(workdir: str, uid: int, tmpfs_mb: int, hide: list) -> list:
+  """Private mount namespace: every mount read-only, the `hide` paths covered, a fresh writable tmpfs on
+  `workdir`."""
   _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
   _mount(None, "/", None, _MS_REC | _MS_PRIVATE, None)
   failed = []
@@ -81,6 +82,11 @@ def _readonly_filesystem(workdir: str, uid: int, tmpfs_mb: int) -> list:
       if point == "/":
         raise
       failed.append(point)  # e.g. a mount hidden under another one; not writable by the dropped uid anyway
+  for path in hide:  # e.g. the dataset with the expected answers: an empty read-only tmpfs / /dev/null on top
+    if os.path.isdir(path):
+      _mount("tmpfs", path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=4k,mode=0555")
+    elif os.path.exists(path):
+      _mount("/dev/null", path, None, _MS_BIND, None)
   _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV,
          f"size={tmpfs_mb}m,mode=0700,uid={uid},gid={uid}")
   return failed
@@ -101,7 +107,7 @@ def _confine(setup: dict) -> list:
   applied = []
   mode, uid = setup["isolation"], setup["uid"]
   if mode == "strict":  # we are root: namespaces + privilege drop; every step must succeed
-    failed = _readonly_filesystem(setup["workdir"], uid, setup["limits"]["tmpfs_mb"])
+    failed = _readonly_filesystem(setup["workdir"], uid, setup["limits"]["tmpfs_mb"], setup["limits"]["hide_paths"])
     applied.append("readonly_fs" + (f"(skipped {len(failed)})" if failed else ""))
     _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
     applied.append("no_network")

@@ -200,3 +200,12 @@ def test_lookup_table_solution_passes_every_generated_assert():
   assert "predict_position(t)" in example.prompt_text and "Ball 3" in example.prompt_text
   g = task.grade(example, fenced(code))
   assert (g.reward, g.acc) == (1.0, 1.0)
+
+
+def test_task_hides_its_data_files_from_programs(tmp_path):
+  path = tmp_path / "train.jsonl"
+  row = {"messages": [{"role": "user", "content": "s"}], "ground_truth": ASSERTS, "id": "G_1_0"}
+  path.write_text(json.dumps(row) + "\n")
+  task = bouncingsim.BouncingSimTask(train_path=str(path), test_path=str(path), limits=FAST)
+  assert task.limits.hide_paths == (str(path), str(path)) and task.limits.timeout_s == FAST.timeout_s
+  assert [ex.id for ex in task.prompts("train")] == ["G_1_0"]

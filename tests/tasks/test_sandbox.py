@@ -6,7 +6,9 @@ cannot take the machine down.
 import dataclasses
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -243,3 +245,27 @@ def test_auto_resolves_to_strict_where_namespaces_work():
 
 def test_uid_sweep_sees_live_processes():
   assert os.getpid() in sandbox._pids_of_uid(os.getuid())
+
+
+@needs_root
+def test_hidden_paths_are_invisible():
+  base_dir = pathlib.Path(tempfile.mkdtemp(prefix="resd-hide-test-"))  # pytest's tmp_path is not world-readable
+  os.chmod(base_dir, 0o755)
+  secret_dir = base_dir / "data"
+  secret_dir.mkdir(mode=0o755)
+  (secret_dir / "answers.jsonl").write_text("the expected positions")
+  lone = base_dir / "lone.txt"
+  lone.write_text("also secret")
+  program = "def f(p):\n  try:\n    return open(p).read()\n  except OSError as e:\n    return type(e).__name__\n"
+  open_limits = SMALL
+  hidden = dataclasses.replace(SMALL, hide_paths=(str(secret_dir), str(lone)))
+  try:
+    seen = sandbox.run(Request(program=program, func="f", args=(str(lone),)), open_limits)
+    assert seen.value == "also secret"  # world-readable files are readable unless hidden
+    for path in (secret_dir / "answers.jsonl", lone):
+      r = sandbox.run(Request(program=program, func="f", args=(str(path),)), hidden)
+      assert r.status == "ok" and r.value in ("", "FileNotFoundError"), r.value
+  finally:
+    shutil.rmtree(base_dir)
+  with pytest.raises(ValueError, match="hide_paths"):
+    SandboxLimits(hide_paths=("relative/path",))
