@@ -34,6 +34,9 @@ ADDED_KEYS = ("curate/added",)
 REMOVED_KEYS = ("prune/removed", "playbook/budget_evicted")
 # A timing metric: time/<phase>, timing/<phase>, timings/<phase>, or <phase>_time / <phase>_seconds.
 _TIMING_RE = re.compile(r"^(?:.*/)?(?:time|timing|timings)/([^/]+?)(?:_s|_sec|_seconds)?$|^(?:.*/)?([^/]+)_(?:time|seconds)$")
+# Pipeline order of the phases (DESIGN.md section 1); other phases follow alphabetically.
+PHASE_ORDER = ("rollout", "grading", "grade", "context", "reflection", "tagging", "curation", "teacher_context",
+               "batch", "step", "train_step", "teacher_update", "validation", "eval", "checkpoint")
 _PLAYBOOK_RE = re.compile(r"^playbook_(\d+)\.(txt|json)$")
 _MAX_SEARCH_DEPTH = 3
 
@@ -264,6 +267,7 @@ def plot_entry_flow(run: Run | str | os.PathLike):
     ax.bar(flow["step"], flow["added"], color="C2", label="added (curation)")
     ax.bar(flow["step"], -flow["removed"], color="C3", label="removed (pruning / budget)")
     ax.axhline(0, color="black", linewidth=0.8)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small")
   else:
     _note_empty(ax, "curation / pruning")
@@ -282,7 +286,8 @@ def timing_keys(run: Run) -> dict[str, str]:
     m = _TIMING_RE.match(k)
     if m:
       out.setdefault(m.group(1) or m.group(2), k)
-  return out
+  rank = {p: i for i, p in enumerate(PHASE_ORDER)}
+  return dict(sorted(out.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
 def plot_timings(run: Run | str | os.PathLike):
@@ -298,7 +303,7 @@ def plot_timings(run: Run | str | os.PathLike):
     ax.bar(steps, heights, bottom=bottom, label=phase)
     bottom += heights
   if phases:
-    ax.legend(fontsize="small", ncols=min(3, len(phases)))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
   else:
     _note_empty(ax, "timing")
   ax.set_title(f"time per phase ({run.name})")

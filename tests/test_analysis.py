@@ -146,8 +146,8 @@ def test_entry_flow_and_timings(run_dir):
   heights = [p.get_height() for p in ax.patches]
   assert heights == [1, 2, 3, 0, -1, -2]  # added up, removed down, per step 1..3
 
-  assert analysis.timing_keys(run) == {"reflection": "time/reflection", "rollout": "time/rollout",
-                                       "step": "time/step"}
+  assert list(analysis.timing_keys(run).items()) == [  # pipeline order
+      ("rollout", "time/rollout"), ("reflection", "time/reflection"), ("step", "time/step")]
   fig = analysis.plot_timings(run)
   (ax,) = fig.axes
   assert len(ax.patches) == 3 * 3  # 3 phases x 3 steps
@@ -234,3 +234,23 @@ def test_per_token_kl_matches_unpadded_reference():
   trimmed = analysis._trim_left_padding(batch)
   assert trimmed.teacher_tokens.shape[1] == 9 + 6
   np.testing.assert_allclose(analysis.per_token_kl(model, trimmed), kl, rtol=1e-5, atol=1e-7)
+
+
+def test_report_writes_pngs_and_diff(tmp_path):
+  import subprocess
+  import sys
+  a = write_run(tmp_path / "a", demo_rows(), demo_playbooks(), checkpoint_steps=(1, 2))
+  b = write_run(tmp_path / "b", demo_rows(0.5), {})
+  script = pathlib.Path(__file__).resolve().parents[1] / "launch" / "report.py"
+  out = tmp_path / "out"
+  proc = subprocess.run([sys.executable, str(script), f"--workdir={a}", f"--workdir={b}", f"--out={out}"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  names = sorted(p.name for p in out.iterdir())
+  assert names == ["entry_flow_a.png", "entry_flow_b.png", "playbook.png", "playbook_diff.txt", "success.png",
+                   "timings_a.png", "timings_b.png", "validation.png"]
+  assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names if n.endswith(".png"))
+  assert "+1 added, -1 removed, 1 changed" in (out / "playbook_diff.txt").read_text()
+  proc = subprocess.run([sys.executable, str(script), f"--workdir={tmp_path / 'missing'}", f"--out={out}"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "does not exist" in proc.stderr
