@@ -25,9 +25,13 @@ setup(
         "gguf>=0.17",
         "tqdm>=4.66",
         "numpy>=2.0",
+        "pyarrow>=15",  # reads the published parquet datasets
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0"],  # accelerate: transformers needs it to read GGUF
+        # torch + accelerate: transformers reference models (accelerate is needed to read GGUF);
+        # pymunk: scene-generator tests; matplotlib/nb*: analysis and notebook tests.
+        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0", "pymunk>=7.0", "matplotlib>=3.8",
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         # Scene generation for BouncingSim needs a physics engine; graders do not.
         "physics": ["pymunk>=7.0"],
         "alfworld": ["alfworld==0.4.2", "textworld==1.7.0"],
