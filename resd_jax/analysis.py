@@ -456,6 +456,39 @@ def plot_token_strip(tokens: Sequence[str], values: Sequence[float], *, vmax: fl
 
 
 # ----- per-token KL between student and teacher --------------------------------------------------------------
+def _response_logprobs(m: Any, tokens: Any, mask: Any, r: int) -> Any:
+  """Log-softmax at temperature 1 of the logits that predict the last r tokens: [B, R, V] float32."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  hidden, _ = m(tokens, attn_mask=mask)                                   # [B, L, D]
+  hidden = hidden[:, tokens.shape[1] - r - 1: tokens.shape[1] - 1]        # [B, R, D]
+  return jax.nn.log_softmax(m.logits(hidden).astype(jnp.float32), -1)     # [B, R, V]
+
+
+def _kl_rows(student: Any, teacher: Any, s_tok, s_mask, t_tok, t_mask, r: int) -> Any:
+  import jax.numpy as jnp  # noqa: PLC0415
+  log_p = _response_logprobs(student, s_tok, s_mask, r)
+  log_q = _response_logprobs(teacher, t_tok, t_mask, r)
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)               # [B, R]
+
+
+def _jitted(fn, **kw):
+  """`nnx.jit(fn)` built on first use, so that importing this module does not import flax."""
+  cache: dict[str, Any] = {}
+
+  def call(*args, **kwargs):
+    if "f" not in cache:
+      from flax import nnx  # noqa: PLC0415
+      cache["f"] = nnx.jit(fn, **kw)
+    return cache["f"](*args, **kwargs)
+  return call
+
+
+_kl_same = _jitted(lambda m, s_tok, s_mask, t_tok, t_mask, r: _kl_rows(m, m, s_tok, s_mask, t_tok, t_mask, r),
+                   static_argnames="r")
+_kl_two = _jitted(_kl_rows, static_argnames="r")
+
+
 def per_token_kl(model: Any, batch: Any, teacher_model: Any = None) -> np.ndarray:
   """KL(student ‖ teacher) at temperature 1 over the full vocabulary, per response token: [B, R] float32
   (0 where `response_mask` is 0).
@@ -464,19 +497,10 @@ def per_token_kl(model: Any, batch: Any, teacher_model: Any = None) -> np.ndarra
   on `batch.teacher_tokens`; the logits that predict response token j sit at position P - 1 + j of both
   sequences (see `resd_jax.context.batch`). Full-vocabulary logits are built only for the R response positions.
   """
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  teacher_model = model if teacher_model is None else teacher_model
   r = batch.response_tokens.shape[1]
-
-  def response_logprobs(m, tokens, mask):
-    hidden, _ = m(jnp.asarray(tokens), attn_mask=jnp.asarray(mask))          # [B, L, D]
-    hidden = hidden[:, tokens.shape[1] - r - 1: tokens.shape[1] - 1]       # [B, R, D]
-    return jax.nn.log_softmax(m.logits(hidden).astype(jnp.float32), -1)    # [B, R, V]
-
-  log_p = response_logprobs(model, batch.student_tokens, batch.student_mask)
-  log_q = response_logprobs(teacher_model, batch.teacher_tokens, batch.teacher_mask)
-  kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)                  # [B, R]
+  args = (batch.student_tokens, batch.student_mask, batch.teacher_tokens, batch.teacher_mask)
+  kl = (_kl_same(model, *args, r=r) if teacher_model is None or teacher_model is model
+        else _kl_two(model, teacher_model, *args, r=r))                   # [B, R]
   return np.asarray(kl) * np.asarray(batch.response_mask)
 
 

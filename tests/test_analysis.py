@@ -200,15 +200,20 @@ def _tiny_model():
   return Transformer(cfg, rngs=nnx.Rngs(0)), cfg
 
 
-def _reference_kl(model, student_prompt, teacher_prompt, response) -> np.ndarray:
+@nnx.jit
+def _forward(model, tokens):
+  hidden, _ = model(tokens)
+  return model.logits(hidden)
+
+
+def _reference_kl(model, student_prompt, teacher_prompt, response, teacher=None) -> np.ndarray:
   """Float64 NumPy KL(student ‖ teacher) from un-padded forwards of each sequence on its own."""
-  def logprobs(prompt):
+  def logprobs(prompt, model=model):
     seq = jnp.asarray([list(prompt) + list(response)])
-    hidden, _ = model(seq)
-    logits = np.asarray(model.logits(hidden), dtype=np.float64)[0, len(prompt) - 1: len(prompt) - 1 + len(response)]
+    logits = np.asarray(_forward(model, seq), dtype=np.float64)[0, len(prompt) - 1: len(prompt) - 1 + len(response)]
     logits -= logits.max(-1, keepdims=True)
     return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  lp, lq = logprobs(student_prompt), logprobs(teacher_prompt)
+  lp, lq = logprobs(student_prompt), logprobs(teacher_prompt, teacher or model)
   return (np.exp(lp) * (lp - lq)).sum(-1)
 
 
@@ -217,7 +222,7 @@ def test_per_token_kl_matches_unpadded_reference():
   model, cfg = _tiny_model()
   rng = np.random.default_rng(0)
   students = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (5, 3)]
-  teachers = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (9, 4)]
+  teachers = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (9, 7)]  # same total lengths: fewer compiles
   responses = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (4, 6)]
   shape = BatchShape(batch_size=3, max_prompt_len=6, max_teacher_prompt_len=10, max_response_len=6)
   batch = assemble_batch(students, teachers, responses, [None, None], [1.0, 1.0], [1, 1], shape, pad_id=0)
@@ -228,6 +233,12 @@ def test_per_token_kl_matches_unpadded_reference():
     np.testing.assert_allclose(kl[i, :len(responses[i])], ref, rtol=2e-4, atol=1e-6)
     assert np.all(kl[i, len(responses[i]):] == 0)
   assert np.all(kl[2] == 0)  # padding row
+  other = nnx.clone(model)
+  other.final_norm[...] = other.final_norm[...] * 3.0  # a different teacher
+  kl_other = analysis.per_token_kl(model, batch, teacher_model=other)
+  ref = _reference_kl(model, students[0], teachers[0], responses[0], teacher=other)
+  np.testing.assert_allclose(kl_other[0, :4], ref, rtol=2e-4, atol=1e-6)
+  assert not np.allclose(kl_other[0, :4], kl[0, :4], rtol=1e-2)
   # Same prompts for both -> zero KL; trimming common left padding changes nothing.
   same = dataclasses.replace(batch, teacher_tokens=batch.student_tokens, teacher_mask=batch.student_mask)
   np.testing.assert_allclose(analysis.per_token_kl(model, same), 0.0, atol=1e-6)
