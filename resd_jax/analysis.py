@@ -3,7 +3,8 @@
 A run directory (written by `launch/train.py` through `resd_jax.metrics`) holds:
   * `metrics.jsonl` — one JSON object per `MetricWriter.write`: `step` plus flat numbers; a (sum, count) pair
     `x` arrives as `x` (mean), `x/sum` and `x/count`;
-  * `playbook_<step>.txt` — the rendered playbook beside each checkpoint (anywhere below the workdir);
+  * `playbooks/playbook_<step>.txt` — the rendered playbook at each checkpoint step (found anywhere below the
+    workdir, a few levels deep);
   * `checkpoints/<step>/` — Orbax steps.
 
 `load_run(workdir)` reads all three; the `plot_*` functions return matplotlib Figures (no pyplot state, so
@@ -27,7 +28,7 @@ from resd_jax.context.playbook import Entry, Playbook
 from resd_jax.metrics import read_jsonl
 
 # Suffixes (after an optional prefix and "/") searched in this order when a plot needs a metric.
-SUCCESS_KEYS = ("train/success", "success_rate", "rollout/success", "reward/mean", "train/reward", "reward")
+SUCCESS_KEYS = ("rollout/success", "train/success", "success_rate", "success")
 VALIDATION_KEYS = ("per_task/mean@n", "per_task/best@n", "per_test_case/mean@n", "per_test_case/best@n")
 PLAYBOOK_SIZE_KEYS = ("playbook/size",)
 ADDED_KEYS = ("curate/added",)

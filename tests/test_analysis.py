@@ -22,13 +22,14 @@ pytest.importorskip("matplotlib")
 
 def write_run(workdir: pathlib.Path, rows: dict[int, dict], playbooks: dict[int, Playbook],
               checkpoint_steps=()) -> pathlib.Path:
-  """A run directory as the trainer writes it: metrics via MetricWriter, playbook text beside checkpoints."""
+  """A run directory as the trainer (resd_jax.algorithms.resd) writes it: metrics via MetricWriter, playbook text
+  per checkpoint step under playbooks/, Orbax step folders under checkpoints/."""
   writer = MetricWriter(workdir, tensorboard=False)
   for step, metrics in rows.items():
     writer.write(step, metrics)
   writer.close()
   for step, pb in playbooks.items():
-    write_playbook_text(workdir / "checkpoints", step, pb.render())
+    write_playbook_text(workdir / "playbooks", step, pb.render())
   for step in checkpoint_steps:
     (workdir / "checkpoints" / str(step)).mkdir(parents=True, exist_ok=True)
   return workdir
@@ -56,7 +57,7 @@ def demo_rows(scale: float = 1.0) -> dict[int, dict]:
   rows: dict[int, dict] = {}
   for step, (s, c) in SUCCESS.items():
     rows.setdefault(step, {}).update({
-        "train/success": (s * scale, c), "context/curate/added": (step, step + 1),
+        "rollout/success": (s * scale, c), "context/curate/added": (step, step + 1),
         "context/prune/removed": (step - 1, 1), "context/playbook/size": (2 * step, 1),
         "time/rollout": 1.5 * step, "time/step": 0.5, "time/reflection": 0.25 * step})
   for step, (a, b, c, d) in VAL.items():
@@ -75,7 +76,7 @@ def test_load_run_series_and_snapshots(run_dir):
   assert run.name == "resd"
   assert run.checkpoint_steps == [1, 2]
   assert run.playbook_steps == [1, 2]
-  steps, values = run.series("train/success")
+  steps, values = run.series("rollout/success")
   np.testing.assert_array_equal(steps, [1, 2, 3])
   np.testing.assert_allclose(values, [0.25, 0.5, 0.75])
   # (sum, count) metrics: totals come from the raw sums.

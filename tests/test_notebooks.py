@@ -1,0 +1,66 @@
+"""The notebooks run top to bottom (nbclient) with small settings and produce their figures.
+
+Each notebook's first code cell holds its parameters; the tests replace that cell with small settings.
+"""
+import importlib.util
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def _analysis_tests():
+  spec = importlib.util.spec_from_file_location("_test_analysis_helpers", pathlib.Path(__file__).with_name(
+      "test_analysis.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def execute(name: str, parameters: str, timeout: int = 600):
+  """Run notebooks/<name> with its first code cell replaced by `parameters`; returns the executed notebook."""
+  nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+  first = next(c for c in nb.cells if c.cell_type == "code")
+  first.source = parameters
+  client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                   resources={"metadata": {"path": str(ROOT)}})
+  client.execute()
+  return nb
+
+
+def outputs(nb, mime: str) -> list:
+  return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+          if mime in o.get("data", {})]
+
+
+def stream_text(nb) -> str:
+  return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                 if o.get("output_type") == "stream")
+
+
+def test_all_notebooks_are_valid_and_stored_without_outputs():
+  for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
+
+
+def test_playbook_explorer_on_a_run_directory(tmp_path):
+  helpers = _analysis_tests()
+  a = helpers.write_run(tmp_path / "resd", helpers.demo_rows(), helpers.demo_playbooks(), checkpoint_steps=(1, 2))
+  b = helpers.write_run(tmp_path / "sdpo", helpers.demo_rows(0.5), {})
+  nb = execute("playbook_explorer.ipynb", f"RUNS = {{'RESD': {str(a)!r}, 'SDPO': {str(b)!r}}}")
+  # success, validation, playbook, 2 entry flows, 2 timings, one metric: 8 figures.
+  assert len(outputs(nb, "image/png")) == 8
+  text = stream_text(nb)
+  assert "RESD: 4 metric records" in text and "playbook snapshots at [1, 2]" in text
+  assert "[err-00001] helpful=2 harmful=1 :: Check the empty tape." in text
+  html = "".join(o["data"]["text/html"] for o in outputs(nb, "text/html"))
+  assert "+1 added, -1 removed, 1 changed" in html
