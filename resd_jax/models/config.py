@@ -44,6 +44,8 @@ class ModelConfig:
   norm_topk_prob: bool = True
   decoder_sparse_step: int = 1
   mlp_only_layers: tuple[int, ...] = ()
+  moe_capacity_factor: float = 2.0  # expert buffer rows = cf * tokens * k / E per group (<= 0: dropless)
+  moe_group_size: int = 4096        # routing group (positions of one sequence); capacity is per group
   # Numerics and memory.
   param_dtype: str = "float32"    # master weights
   compute_dtype: str = "float32"  # matmul inputs; accumulation is always float32
@@ -74,6 +76,7 @@ class ModelConfig:
            f"num_experts_per_tok must be in [1, num_experts={self.num_experts}], got {self.num_experts_per_tok}")
       need(self.moe_intermediate_size > 0, "moe_intermediate_size must be > 0 for a MoE model")
       need(self.decoder_sparse_step >= 1, "decoder_sparse_step must be >= 1")
+      need(self.moe_group_size > 0, f"moe_group_size must be > 0, got {self.moe_group_size}")
 
   # ----------------------------------------------------------------------------------------------- helpers
   def replace(self, **changes: Any) -> "ModelConfig":
@@ -141,7 +144,8 @@ class ModelConfig:
         max_position_embeddings=c.get("max_position_embeddings", 32768),
     )
     if arch == "qwen3_moe":
-      kw.update(num_experts=c["num_experts"], num_experts_per_tok=c["num_experts_per_tok"],
+      kw.update(num_experts=c.get("num_experts") or c["num_local_experts"],  # transformers 5 writes num_local_experts
+                num_experts_per_tok=c["num_experts_per_tok"],
                 moe_intermediate_size=c["moe_intermediate_size"], norm_topk_prob=c.get("norm_topk_prob", True),
                 decoder_sparse_step=c.get("decoder_sparse_step", 1),
                 mlp_only_layers=tuple(c.get("mlp_only_layers") or ()))

@@ -186,7 +186,11 @@ def _fill(cfg: ModelConfig, reader: Any, layer_keys: dict, top_keys: dict, mesh:
         raise WeightsError(f"no checkpoint key is mapped to parameter layers/{name}")
       template, kind = layer_keys[name]
       per_layer = shape[1:]
-      parts = [_read_checked(reader, template.format(i=i), kind, per_layer) for i in range(cfg.num_layers)]
+      if "{e}" in template:  # one key per expert, stacked on our leading expert axis
+        parts = [np.stack([_read_checked(reader, template.format(i=i, e=e), kind, per_layer[1:])
+                           for e in range(per_layer[0])]) for i in range(cfg.num_layers)]
+      else:
+        parts = [_read_checked(reader, template.format(i=i), kind, per_layer) for i in range(cfg.num_layers)]
       arr = np.stack(parts).astype(pd)
       del parts
     else:
@@ -292,7 +296,7 @@ def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
     if path[0] == "layers":
       template, kind = layer_keys[name]
       for i in range(cfg.num_layers):
-        _put_hf(out, template.format(i=i), kind, arr[i])
+        _put_hf(out, template.replace("{i}", str(i)), kind, arr[i])
     else:
       template, kind = TOP_KEYS[name]
       _put_hf(out, template, kind, arr)
