@@ -228,3 +228,23 @@ def describe(cfg: Any) -> str:
   width = max(map(len, flat)) if flat else 0
   return "\n".join(f"{k.ljust(width)} = {flat[k]!r}" for k in sorted(flat))
 
+
+
+def absl_flags_parser(argv: list[str]) -> list[str]:
+  """`app.run(main, flags_parser=...)`: parse absl flags, turning a bad `--config.x=y` override (unknown key,
+  wrong type) into a one-line error instead of a traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    text = " ".join(str(e).strip("\"'").split())
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    for arg in bad:
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key.rsplit(".", 1)[-1] == text:
+        known = list(_flatten(base_config().to_dict()))
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see configs/base.py for the known keys"
+        raise SystemExit(f"config error: unknown config key '{key}' in {arg}; {hint}") from None
+    raise SystemExit(f"config error: {text} (overrides given: {' '.join(bad) or 'none'}); override only keys "
+                     f"listed in configs/base.py, with values of the same type") from None

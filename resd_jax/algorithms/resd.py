@@ -104,7 +104,8 @@ def _floats(metrics: dict[str, Any]) -> dict[str, tuple[float, float]]:
 class Trainer:
   """RESD / SDPO / GRPO on one config. `Trainer(cfg, workdir).run()`; resumes from `workdir` automatically."""
 
-  def __init__(self, cfg: Any, workdir: str | pathlib.Path, *, log_every_step: bool = True):
+  def __init__(self, cfg: Any, workdir: str | pathlib.Path, *, eval_only: bool = False, eval_step: int | None = None):
+    """eval_only: read the checkpoint of `workdir` (latest, or `eval_step`) without writing anything there."""
     self.cfg = cfg
     self.kind = str(cfg.algorithm)
     self.workdir = pathlib.Path(workdir)
@@ -127,14 +128,20 @@ class Trainer:
     self.cursor = Cursor()
     self.history: dict[str, dict[str, float]] = {}
     self.base_key = jax.random.PRNGKey(int(cfg.seed))
-    self.ckpt = ck.Checkpointer(self.workdir / "checkpoints", every=int(cfg.checkpoint.every),
-                                keep=int(cfg.checkpoint.keep), best_metric=cfg.checkpoint.best_metric or None)
     self.resumed_from: int | None = None
-    self._restore_or_init()
+    if eval_only:
+      self.ckpt = None
+      self.resumed_from, arrays, side = ck.restore_readonly(self.workdir, ck.abstract_like(self.state), eval_step)
+      self.state = arrays
+      self.cursor = Cursor(**side["cursor"])
+      self.writer = mx.MetricWriter(self.workdir, enabled=False)
+    else:
+      self.ckpt = ck.Checkpointer(self.workdir / "checkpoints", every=int(cfg.checkpoint.every),
+                                  keep=int(cfg.checkpoint.keep), best_metric=cfg.checkpoint.best_metric or None)
+      self._restore_or_init()
+      self.writer = mx.MetricWriter(self.workdir, enabled=self.is_main, tensorboard=bool(cfg.metrics.tensorboard),
+                                    wandb_project=cfg.metrics.wandb_project or None, wandb_config=cfg.to_dict())
     self.state = self._place(self.state)
-    self.writer = mx.MetricWriter(self.workdir, enabled=self.is_main, tensorboard=bool(cfg.metrics.tensorboard),
-                                  wandb_project=cfg.metrics.wandb_project or None, wandb_config=cfg.to_dict())
-    self.log_every_step = log_every_step
 
   # ----- algorithm switches (overridden by the baselines' helpers via `kind`) ------------------------------
   def context_config(self):
@@ -388,8 +395,19 @@ class Trainer:
     return summary
 
   def close(self) -> None:
-    self.ckpt.close()
+    if self.ckpt is not None:
+      self.ckpt.close()
     self.writer.close()
+
+
+def evaluate_checkpoint(cfg: Any, run_dir: str | pathlib.Path, step: int | None = None
+                        ) -> tuple[int, dict[str, float]]:
+  """Validation metrics (config's `eval.*`) of a run's checkpoint (latest or `step`); writes nothing there."""
+  trainer = Trainer(cfg, run_dir, eval_only=True, eval_step=step)
+  try:
+    return int(trainer.resumed_from), trainer.validate()
+  finally:
+    trainer.close()
 
 
 def train(cfg: Any, workdir: str | pathlib.Path) -> RunSummary:
