@@ -540,3 +540,71 @@ def sample_kl(model: Any, tokenizer: Any, sample: Any, reflection: str, playbook
   kl = per_token_kl(model, batch, teacher_model)[0]
   tokens = response_token_strings(tokenizer, batch, 0)
   return tokens, kl[:len(tokens)], contexts[0]
+
+
+# ----- one rollout of a trainer, inspected ------------------------------------------------------------------
+def trainer_mesh(trainer: Any):
+  """A context manager placing calls on the trainer's mesh and logical-axis rules (for sampling / forwards)."""
+  import contextlib  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  from resd_jax.parallel import sharding as shd  # noqa: PLC0415
+  stack = contextlib.ExitStack()
+  stack.enter_context(shd.axis_rules(trainer.rules))
+  stack.enter_context(jax.set_mesh(trainer.mesh))
+  return stack
+
+
+@dataclasses.dataclass
+class Inspection:
+  """One rollout of a trainer's current policy, everything the context engine made of it, and the per-token
+  KL(student ‖ teacher) of its response under the teacher context that training would use."""
+  sample: Any                 # GradedSample
+  reflection: str             # "" when none (success, or an unparsable reflection)
+  playbook_before: Playbook
+  playbook_after: Playbook
+  update_metrics: dict[str, tuple[float, int]]
+  teacher_slots: tuple[str, ...]
+  tokens: list[str]           # response tokens, decoded one by one
+  kl: np.ndarray              # [len(tokens)] KL(student ‖ teacher) per token
+
+  @property
+  def diff(self) -> PlaybookDiff:
+    return diff_playbooks(self.playbook_before, self.playbook_after)
+
+  def summary(self) -> str:
+    g = self.sample.grade
+    top = int(np.argmax(self.kl)) if len(self.kl) else -1
+    worst = f"max {self.kl[top]:.4f} at token {top} {self.tokens[top]!r}" if top >= 0 else "no tokens"
+    return (f"reward {g.reward} acc {g.acc:.2f}; reflection {'yes' if self.reflection else 'none'}; playbook "
+            f"{len(self.playbook_before)} -> {len(self.playbook_after)} entries; teacher slots {self.teacher_slots}; "
+            f"KL mean {float(np.mean(self.kl)) if len(self.kl) else 0.0:.4f}, {worst}")
+
+
+def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, temperature: float = 1.0,
+                    max_new_tokens: int | None = None) -> Inspection:
+  """Sample one answer of `trainer`'s policy to `example` (default: the first training problem), grade it,
+  run one context update on a COPY of the trainer's context state (the run is untouched), and measure the
+  per-token KL against the teacher (the trainer's teacher weights, else the policy)."""
+  import jax  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  from resd_jax.context import ContextUpdater, GradedSample  # noqa: PLC0415
+  from resd_jax.sampling import SamplingParams  # noqa: PLC0415
+  example = trainer.data.train[0] if example is None else example
+  step = int(trainer.cursor.step) + 1
+  params = SamplingParams(temperature=temperature,
+                          max_new_tokens=int(max_new_tokens or trainer.cfg.rollout.max_response_len))
+  (ro,) = trainer.rollouts([example], 1, params, jax.random.PRNGKey(seed))
+  grade = trainer.task.grade(example, ro.text, truncated=ro.truncated)
+  sample = GradedSample(example, ro.text, list(ro.response_tokens), list(ro.logprobs), grade, ro.truncated)
+  updater = ContextUpdater(trainer.updater.config, seed)
+  updater.load_state_dict(trainer.updater.state_dict())
+  result = updater.update([sample], trainer.generate_text_fn(step), step)
+  teacher_params = getattr(trainer.state, "teacher", None)
+  teacher = nnx.merge(trainer.graphdef, teacher_params) if teacher_params is not None else None
+  with trainer_mesh(trainer):
+    tokens, kl, context = sample_kl(trainer.policy(), trainer.tokenizer, sample, result.reflections[0],
+                                    updater.playbook, trainer.parts.teacher_context, teacher_model=teacher,
+                                    solution=result.solutions_before[0],
+                                    max_teacher_prompt_len=trainer.parts.batch_shape.max_teacher_prompt_len)
+  return Inspection(sample, result.reflections[0], Playbook.from_dict(trainer.updater.playbook.to_dict()),
+                    updater.playbook, dict(result.metrics), tuple(context.slots), tokens, kl)

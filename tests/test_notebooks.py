@@ -64,3 +64,15 @@ def test_playbook_explorer_on_a_run_directory(tmp_path):
   assert "[err-00001] helpful=2 harmful=1 :: Check the empty tape." in text
   html = "".join(o["data"]["text/html"] for o in outputs(nb, "text/html"))
   assert "+1 added, -1 removed, 1 changed" in html
+
+
+def test_qwen3_colab_smoke_test_on_cpu(tmp_path):
+  """The Colab notebook with SMOKE_TEST: tiny random model + embedded tokenizer, no download, 2 steps."""
+  nb = execute("qwen3_colab.ipynb", f"MODEL_ID = 'Qwen/Qwen3-0.6B'\nSMOKE_TEST = True\nWORKDIR = {str(tmp_path / 'run')!r}\n"
+               "MAX_STEPS = 2\nBATCH_PROMPTS = 8\nMAX_PROMPT_TOKENS = 1024\nMAX_RESPONSE_TOKENS = 16\n"
+               "ENABLE_THINKING = False\nREPO_DIR = 'resd-jax'\nREPO_URL = ''")
+  text = stream_text(nb)
+  assert "finished at step 2" in text or "max_steps at step 2" in text, text[-3000:]
+  assert len(outputs(nb, "image/png")) == 4
+  assert any("<span" in o["data"]["text/html"] for o in outputs(nb, "text/html"))  # the KL strip
+  assert (tmp_path / "run" / "metrics.jsonl").is_file()
