@@ -110,13 +110,14 @@ def _step_draw(state: DecodeState, logits: jax.Array, knobs: Knobs, k_cap: int) 
       logprobs=put(state.logprobs, lp), sampling_logprobs=put(state.sampling_logprobs, slp))
 
 
-def _prefill(graphdef: Any, params: Any, tokens: jax.Array, mask: jax.Array, live: jax.Array, row_keys: jax.Array,
-             knobs: Knobs, *, new_bucket: int, k_cap: int) -> DecodeState:
-  """Run the prompts [B, P] (left-padded; mask False at padding) and draw the first token of each."""
+def _prefill(graphdef: Any, params: Any, cache: KVCache, tokens: jax.Array, mask: jax.Array, live: jax.Array,
+             row_keys: jax.Array, knobs: Knobs, *, k_cap: int) -> DecodeState:
+  """Run the prompts [B, P] (left-padded; mask False at padding) into the empty cache [.., B, P + N, ..] and
+  draw the first token of each. The cache is an argument (donated), not built inside: an all-zero constant
+  cache would make XLA constant-fold the attention over it at compile time."""
   model = nnx.merge(graphdef, params)
   b, p = tokens.shape
-  cache = KVCache.init(model.config, b, p + new_bucket)
-  cache = dataclasses.replace(cache, k=shd.constrain(cache.k, CACHE_AXES), v=shd.constrain(cache.v, CACHE_AXES))
+  new_bucket = cache.max_len - p
   hidden, cache = model(tokens, None, mask, cache)                          # [B, P, D]
   logits = model.logits(hidden[:, -1])                                      # [B, V]: left padding -> last is real
   zeros_f = jnp.zeros((b, new_bucket), jnp.float32)
@@ -141,7 +142,17 @@ def _decode(graphdef: Any, params: Any, state: DecodeState, knobs: Knobs, *, k_c
   return jax.lax.while_loop(cond, body, state)
 
 
-prefill_fn = jax.jit(_prefill, static_argnums=(0,), static_argnames=("new_bucket", "k_cap"))
+prefill_fn = jax.jit(_prefill, static_argnums=(0,), static_argnames=("k_cap",), donate_argnums=(2,))
+
+
+def empty_cache(cfg: Any, batch: int, max_len: int, mesh: Any = None) -> KVCache:
+  """A zero KV cache [L, batch, max_len, KVH, Dh], laid out on `mesh` by CACHE_AXES when given."""
+  cache = KVCache.init(cfg, batch, max_len)
+  if mesh is None:
+    return cache
+  put = lambda x, axes: jax.device_put(x, jax.sharding.NamedSharding(mesh, shd.spec_for(x.shape, axes, mesh)))
+  return KVCache(k=put(cache.k, CACHE_AXES), v=put(cache.v, CACHE_AXES), mask=put(cache.mask, ("batch", None)),
+                 index=put(cache.index, ()), lengths=put(cache.lengths, ("batch",)))
 decode_fn = jax.jit(_decode, static_argnums=(0,), static_argnames=("k_cap",), donate_argnums=(2,))
 
 
@@ -237,8 +248,9 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
   k_cap = kcap_for(params.top_k, cfg.vocab_size)
   if mesh is not None:
     row_keys = jax.device_put(row_keys, jax.sharding.NamedSharding(mesh, shd.spec_for((b,), ("batch",), mesh)))
-  st = prefill_fn(graphdef, state, _put(toks, mesh), _put(mask, mesh), _put(live, mesh), row_keys, knobs,
-                  new_bucket=new_len, k_cap=k_cap)
+  cache = empty_cache(cfg, b, p_len + new_len, mesh)
+  st = prefill_fn(graphdef, state, cache, _put(toks, mesh), _put(mask, mesh), _put(live, mesh), row_keys, knobs,
+                  k_cap=k_cap)
   st = decode_fn(graphdef, state, st, knobs, k_cap=k_cap)
   out_t, out_lp, out_slp, out_len = jax.device_get((st.tokens, st.logprobs, st.sampling_logprobs, st.lengths))
   stops = set(params.stop_token_ids)
