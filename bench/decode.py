@@ -10,7 +10,9 @@ a warm-up that compiles) and, for ours, of the decode loop alone. The machine is
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -21,15 +23,8 @@ from resd_jax.models import ModelConfig, Transformer
 from resd_jax.sampling import SamplingParams, generate
 from resd_jax.sampling import sampler as smp
 
-
-def _median_seconds(fn, iters: int) -> float:
-  fn()  # compile / warm up
-  out = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    fn()
-    out.append(time.perf_counter() - t)
-  return statistics.median(out)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forward import _time as _median_seconds  # noqa: E402  (median of timed runs after a warm-up)
 
 
 def ours(compute_dtype: str, prompts: np.ndarray, new: int, iters: int) -> tuple[float, float]:
