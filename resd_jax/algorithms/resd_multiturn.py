@@ -1,0 +1,246 @@
+"""Multi-turn RESD / SDPO / GRPO on ALFWorld, in the streaming loop of `resd.Trainer`.
+
+One inner update:
+
+  play B x N episodes (G for GRPO; `rollout.multi_turn.run_episodes`, one sampler call per turn)
+  -> one `GradedSample` per episode: prompt = [system, first user message], attempt = the episode's commands and
+     answers, feedback = outcome + last exchanges (`prompts.episode_feedback`), reward = won
+  -> context update over the episodes (reflection on the whole episode, success tags, curation; the solution
+     buffer keeps the latest winning episode per game)
+  -> one distillation row per (episode, turn): student prompt = the exact tokens the student saw at that turn,
+     teacher prompt = the same windowed history with the first user message enriched by the teacher context
+     (playbook, reflection, the episode as previous attempt, feedback, winning episode), response = that turn's
+     assistant tokens. Environment text only ever sits in prompts, so it is never in the response mask.
+  -> one optimizer step (SD; GRPO: every turn row carries its episode's group advantage).
+
+Rows per step = episodes x env.max_steps (`config_schema.rows_per_step`); unused rows are padding.
+Validation: `eval.num_samples` episodes per game on valid_seen and valid_unseen; success overall and per task
+type (`val/<split>/success[/<task type>]`), and the rank-rule keys (`per_task/mean@n` = success rate,
+`per_task/best@n` = games won at least once; the per_test_case keys repeat them: an episode has no test cases).
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resd_jax.algorithms import resd
+from resd_jax.context import Batch, BatchShape, GradedSample, Metrics, assemble_batch
+from resd_jax.context.playbook import Playbook
+from resd_jax.context.teacher_context import TeacherContextConfig, build_teacher_context, solution_for
+from resd_jax.context.updater import UpdateResult
+from resd_jax.models.tokenizer import chat_tokens, pad_token_id
+from resd_jax.rl.grpo import group_advantages
+from resd_jax.rollout.multi_turn import Episode, MultiTurnConfig, RolloutTimes, episode_metrics, run_episodes
+from resd_jax.sampling import SamplingParams, generate_rollouts
+from resd_jax.tasks.base import Example, Grade
+from resd_jax.train.step import GRPOBatch
+
+EVAL_SPLITS = ("valid_seen", "valid_unseen")
+
+
+# ----- episodes -> context engine -------------------------------------------------------------------------------
+def episode_sample(ep: Episode, max_steps: int) -> GradedSample:
+  """An episode as the context engine sees one sample: the task prompt is the head, the attempt the episode."""
+  example = Example(ep.game_id, tuple(dict(m) for m in ep.head), {"gamefile": ep.gamefile, "task_type": ep.task_type})
+  grade = Grade(ep.reward, ep.reward, ep.feedback(max_steps),
+                {"steps": ep.steps, "truncated": int(ep.truncated), "context_overflow": int(ep.context_overflow)})
+  return GradedSample(example, ep.summary(), [], None, grade, ep.truncated)
+
+
+def _played(episodes: Sequence[Episode]) -> list[Episode]:
+  """Episodes with at least one assistant turn (a game that crashed at reset has nothing to learn from)."""
+  return [ep for ep in episodes if ep.turns]
+
+
+# ----- distillation rows ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TurnRow:
+  """One distillation row: which episode / turn it is, and the token sequences the batch holds."""
+  episode: int
+  turn: int
+  student_prompt: list[int]
+  teacher_prompt: list[int]
+  response: list[int]
+  sd_mask: int
+
+
+def teacher_turn_rows(episodes: Sequence[Episode], samples: Sequence[GradedSample], result: UpdateResult,
+                      playbook: Playbook, cfg: TeacherContextConfig, tokenizer: Any, max_teacher_prompt_len: int,
+                      enable_thinking: bool | None = None, metrics: Metrics | None = None) -> list[TurnRow]:
+  """Rows for every turn of every episode (`samples[i]` is `episode_sample(episodes[i])`).
+
+  The teacher context of an episode is built once by the context engine on the head (its last user message,
+  the first user message of the episode, gets the enrichment); the playbook is shrunk so that the longest turn
+  of the episode still fits `max_teacher_prompt_len`. Each turn's teacher prompt = enriched head + that turn's
+  windowed history, identical to the student's."""
+  metrics = metrics if metrics is not None else Metrics()
+  cfg = dataclasses.replace(cfg, max_prompt_tokens=min(cfg.max_prompt_tokens, max_teacher_prompt_len))
+  tok = lambda msgs: chat_tokens(tokenizer, msgs, enable_thinking=enable_thinking)
+  rows: list[TurnRow] = []
+  for i, (ep, sample) in enumerate(zip(episodes, samples)):
+    if not ep.turns:
+      continue
+    n_head = len(ep.head)
+    longest = max(ep.turns, key=lambda t: len(t.prompt_tokens)).messages[n_head:]
+    count = lambda msgs, rest=longest: len(tok(list(msgs) + rest))
+    ctx = build_teacher_context(sample, playbook, result.reflections[i],
+                                solution_for(samples, i, result.solutions_before[i], cfg), cfg, count, metrics)
+    for j, turn in enumerate(ep.turns):
+      teacher = tok(ctx.messages + turn.messages[n_head:]) if ctx.sd_mask else list(turn.prompt_tokens)
+      rows.append(TurnRow(i, j, list(turn.prompt_tokens), teacher, list(turn.response_tokens), ctx.sd_mask))
+  return rows
+
+
+def rows_batch(rows: Sequence[TurnRow], episodes: Sequence[Episode], shape: BatchShape, pad_id: int,
+               episode_weights: Sequence[float] | None = None, metrics: Metrics | None = None) -> Batch:
+  """The fixed-shape `Batch` of the rows (rollout log-probs from the episodes' turns)."""
+  if len(rows) > shape.batch_size:
+    raise ValueError(f"{len(rows)} turn rows do not fit batch_size={shape.batch_size}; rows per step must be "
+                     "episodes x env.max_steps")
+  w = [1.0 if episode_weights is None else float(episode_weights[r.episode]) for r in rows]
+  return assemble_batch([r.student_prompt for r in rows], [r.teacher_prompt for r in rows],
+                        [r.response for r in rows], [episodes[r.episode].turns[r.turn].logprobs for r in rows],
+                        w, [r.sd_mask for r in rows], shape, pad_id=pad_id, metrics=metrics)
+
+
+def grpo_turn_batch(episodes: Sequence[Episode], group_size: int, normalize_std: bool, shape: BatchShape,
+                    pad_id: int, metrics: Metrics) -> GRPOBatch:
+  """Episodes in consecutive groups of G (same game): every assistant token of an episode gets the episode's
+  group-normalised advantage. Padding rows have advantage 0 and weight 0."""
+  rewards = jnp.asarray([ep.reward for ep in episodes], jnp.float32)
+  adv = np.asarray(group_advantages(rewards, group_size, normalize_std), np.float32)
+  rows = [TurnRow(i, j, list(t.prompt_tokens), list(t.prompt_tokens), list(t.response_tokens), 0)
+          for i, ep in enumerate(episodes) for j, t in enumerate(ep.turns)]
+  b = rows_batch(rows, episodes, shape, pad_id, metrics=metrics)
+  advantages = np.zeros((shape.batch_size,), np.float32)
+  advantages[:len(rows)] = [adv[r.episode] for r in rows]
+  groups = np.asarray(rewards).reshape(-1, group_size)
+  metrics.add("grpo/groups_with_signal", float(np.sum(groups.std(axis=1) > 0)), groups.shape[0])
+  return GRPOBatch(student_tokens=b.student_tokens, student_mask=b.student_mask, response_tokens=b.response_tokens,
+                   response_mask=b.response_mask, rollout_logprobs=b.rollout_logprobs, advantages=advantages,
+                   sample_weight=b.sample_weight)
+
+
+# ----- the trainer --------------------------------------------------------------------------------------------
+class MultiTurnTrainer(resd.Trainer):
+  """`resd.Trainer` with episodes instead of single responses (the loop, checkpoints and resume are shared)."""
+
+  def __init__(self, cfg: Any, workdir: str | pathlib.Path, **kw):
+    super().__init__(cfg, workdir, **kw)
+    self.max_steps = int(cfg.env.max_steps)
+    self.envs = self.task.make_envs()
+    self.mt = MultiTurnConfig(max_prompt_len=int(cfg.rollout.max_prompt_len), history_turns=int(cfg.env.history_turns),
+                              show_admissible=bool(cfg.env.show_admissible), enable_thinking=cfg.model.enable_thinking)
+    limit = int(cfg.data.test_limit)
+    self.eval_sets = {s: list(self.task.prompts(s))[:limit or None] for s in EVAL_SPLITS}
+
+  def _sampler(self, params: SamplingParams, key: jax.Array) -> Callable[[list, int], list]:
+    def sample(convs, turn):
+      with self._mesh_ctx():
+        return generate_rollouts(self.policy(), self.tokenizer, convs, params, jax.random.fold_in(key, turn),
+                                 self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch))
+    return sample
+
+  def play(self, examples: Sequence[Example], per_prompt: int, params: SamplingParams, key: jax.Array,
+           times: RolloutTimes | None = None) -> list[Episode]:
+    gamefiles = [ex.meta["gamefile"] for ex in examples for _ in range(per_prompt)]
+    return run_episodes(self.envs, gamefiles, self._sampler(params, key), self.tokenizer, self.mt, times)
+
+  def inner_update(self, examples: Sequence[Any]) -> dict[str, Any]:
+    cfg, step = self.cfg, self.cursor.step
+    m, times, rt = Metrics(), {}, RolloutTimes()
+    r = cfg.rollout
+    params = SamplingParams(temperature=float(r.temperature), top_p=float(r.top_p), top_k=int(r.top_k),
+                            max_new_tokens=int(r.max_response_len))
+    t0 = time.perf_counter()
+    episodes = self.play(examples, self.per_prompt, params, self.key(resd.ROLLOUT, step), rt)
+    times["rollout"] = time.perf_counter() - t0
+    times.update({"rollout_sampling": rt.sample_s, "rollout_env": rt.env_s})
+    m.merge(episode_metrics(episodes))
+    n_tokens = sum(len(t.response_tokens) for ep in episodes for t in ep.turns)
+    shape, pad = self.parts.batch_shape, pad_token_id(self.tokenizer)
+
+    t0 = time.perf_counter()
+    if self.kind == "grpo":
+      batch = grpo_turn_batch(episodes, self.per_prompt, bool(cfg.grpo.normalize_std), shape, pad, m)
+      times["batch"] = time.perf_counter() - t0
+    else:
+      played = _played(episodes)
+      samples = [episode_sample(ep, self.max_steps) for ep in played]
+      result = self.sync_context(self.updater.update(samples, self.generate_text_fn(step), step))
+      m.merge(result.metrics)
+      times["context"] = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      rows = teacher_turn_rows(played, samples, result, self.updater.playbook, self.parts.teacher_context,
+                               self.tokenizer, shape.max_teacher_prompt_len, cfg.model.enable_thinking, m)
+      weights = None
+      if cfg.distill.success_weights and played:
+        from resd_jax.distill import losses
+        success = jnp.asarray([float(ep.won) for ep in played])
+        weights = np.asarray(losses.success_rate_weights(success, float(cfg.distill.success_a),
+                                                         float(cfg.distill.success_b))).tolist()
+      batch = rows_batch(rows, played, shape, pad, weights, m)
+      m.add("batch/turn_rows", len(rows), shape.batch_size)
+      times["batch"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    self.state, step_metrics = self.step_fn(self.state, batch)
+    step_metrics = resd._floats(step_metrics)
+    times["step"] = time.perf_counter() - t0
+    out: dict[str, Any] = dict(m)
+    out.update({f"train/{k}": v for k, v in step_metrics.items()})
+    out.update({f"time/{k}": v for k, v in times.items()})
+    out["throughput/rollout_tokens_per_s"] = n_tokens / max(times["rollout"], 1e-9)
+    out["throughput/env_steps_per_s"] = rt.env_steps / max(times["rollout"], 1e-9)
+    return out
+
+  def validate(self) -> dict[str, float]:
+    cfg, step = self.cfg, self.cursor.step
+    if not any(self.eval_sets.values()):
+      return {}
+    e, n = cfg.eval, int(cfg.eval.num_samples)
+    params = SamplingParams(temperature=float(e.temperature), top_p=float(e.top_p),
+                            max_new_tokens=int(e.max_response_len or cfg.rollout.max_response_len))
+    t0 = time.perf_counter()
+    res: dict[str, float] = {}
+    won_all, games_won = [], []
+    for k, (split, examples) in enumerate(self.eval_sets.items()):
+      if not examples:
+        continue
+      episodes = self.play(examples, n, params, jax.random.fold_in(self.key(resd.EVAL, step), k))
+      for name, (s, c) in episode_metrics(episodes, prefix=f"{split}/").items():
+        if name.startswith(f"{split}/success") or name == f"{split}/episode_steps":
+          res[name] = s / c if c else 0.0
+      won = np.asarray([ep.won for ep in episodes], np.float32).reshape(len(examples), n)
+      won_all.append(won.reshape(-1))
+      games_won.append(won.max(axis=1))
+    mean, best = float(np.concatenate(won_all).mean()), float(np.concatenate(games_won).mean())
+    res.update({"per_task/mean@n": mean, "per_task/best@n": best, "per_test_case/mean@n": mean,
+                "per_test_case/best@n": best})
+    self.history[str(step)] = dict(res)
+    out: dict[str, Any] = {f"val/{k}": v for k, v in res.items()}
+    out["time/validation"] = time.perf_counter() - t0
+    out["val/rank_rule_best_step"] = float(resd.evaluation.rank_rule({int(s): v for s, v in self.history.items()})[0])
+    self.writer.write(step, out)
+    return dict(res)
+
+  def close(self) -> None:
+    try:
+      self.envs.close()
+    finally:
+      super().close()
+
+
+def train(cfg: Any, workdir: str | pathlib.Path) -> resd.RunSummary:
+  """Run (or resume) multi-turn RESD / SDPO / GRPO (`cfg.algorithm`) on ALFWorld in `workdir`."""
+  trainer = MultiTurnTrainer(cfg, workdir)
+  try:
+    return trainer.run()
+  finally:
+    trainer.close()
