@@ -47,6 +47,16 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.shuffle = False        # the paper streams the data in file order; True = seeded permutation
   c.data.epochs = 1             # passes over the training data
 
+  # Multi-turn environments (task.name=alfworld). data: generated | official ($ALFWORLD_DATA) | a folder.
+  c.env = ml_collections.ConfigDict()
+  c.env.data = "generated"
+  c.env.generated_root = "~/.cache/resd_jax/alfworld_generated"  # generated games go to <root>/n<N>_s<seed>
+  c.env.n_per_type = 2          # generated games per task type and split
+  c.env.task_types = (1, 2, 3, 4, 5, 6)
+  c.env.max_steps = 50          # engine steps per episode; rows per train step = episodes x max_steps
+  c.env.history_turns = 0       # past (reply, answer) exchanges kept in the prompt (0 = all that fit)
+  c.env.show_admissible = True  # list the admissible commands in each user message
+
   # Optimiser (AdamW). lr schedule: linear warm-up, then constant or cosine.
   c.train = ml_collections.ConfigDict()
   c.train.learning_rate = 1e-6

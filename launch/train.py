@@ -40,6 +40,8 @@ def main(argv):
   if main_process:
     print(config_schema.describe(cfg), flush=True)
   from resd_jax.algorithms.resd import train
+  if cfg.task.name == "alfworld":  # multi-turn episodes
+    from resd_jax.algorithms.resd_multiturn import train
   summary = train(cfg, workdir)
   if main_process:
     print(f"\n{summary.status} at step {summary.step}")

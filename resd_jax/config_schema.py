@@ -65,7 +65,10 @@ def _mesh_sizes(cfg: Any, n_devices: int) -> dict[str, int]:
 def rows_per_step(cfg: Any) -> int:
   """Rows of one train batch: B prompts x N samples (x G for GRPO)."""
   per_prompt = int(cfg.grpo.group_size) if cfg.algorithm == "grpo" else int(cfg.rollout.samples_per_prompt)
-  return int(cfg.rollout.batch_prompts) * per_prompt
+  rows = int(cfg.rollout.batch_prompts) * per_prompt
+  if cfg.task.name == "alfworld":  # multi-turn: one row per (episode, turn)
+    rows *= int(cfg.env.max_steps)
+  return rows
 
 
 def check_batch(cfg: Any, n_devices: int) -> None:

@@ -74,6 +74,11 @@ def make_task(cfg: Any, *, partial_credit: bool = False) -> Any:
               seed=int(cfg.seed))
   elif name == "finer":
     kw.update(train_path=d.train_path, test_path=d.test_path, partial_credit=partial_credit)
+  elif name == "alfworld":  # multi-turn (algorithms/resd_multiturn.py); generated games keyed by size and seed
+    e = cfg.env
+    root = f"{str(e.generated_root).rstrip('/')}/n{int(e.n_per_type)}_s{int(cfg.seed)}"
+    kw.update(data=str(e.data), generated_root=root, n_per_type=int(e.n_per_type), seed=int(cfg.seed),
+              task_types=tuple(int(t) for t in e.task_types), max_steps=int(e.max_steps))
   return task_base.make(name, **kw)
 
 
