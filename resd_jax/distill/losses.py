@@ -198,28 +198,32 @@ def token_terms(s_logits: Array, t_logits: Array, tokens: Array, cfg: DistillCon
   s = s_logits * inv_t  # [B, C, V]
   u = t_logits * inv_t
   ls_full = s - safe_logsumexp(s)[..., None]
+  lt_full = u - safe_logsumexp(u)[..., None]
   logp = jnp.take_along_axis(ls_full, tokens[..., None], axis=-1)[..., 0]  # [B, C]
+  k = min(cfg.top_k or 100, s.shape[-1])
+  s_ids = None  # the student's top-k ids (temperature does not change them), shared with the overlap metric
 
   if cfg.mode == "sampled":
-    lt_full = u - safe_logsumexp(u)[..., None]
     lt_y = jnp.take_along_axis(lt_full, tokens[..., None], axis=-1)[..., 0]
     lt_y = clip_teacher(logp, lt_y, cfg.eps_min, cfg.eps_max, renormalise=False)
     d = jax.lax.stop_gradient(logp - lt_y)
     loss = d + d * (logp - jax.lax.stop_gradient(logp))
   else:
     if cfg.mode == "topk":
-      ls, lt, _ = topk_tail_logprobs(s, u, cfg.top_k)
+      ls, lt, s_ids = topk_tail_logprobs(s, u, cfg.top_k)
     else:
-      ls, lt = ls_full, u - safe_logsumexp(u)[..., None]
+      ls, lt = ls_full, lt_full
     lt = clip_teacher(ls, lt, cfg.eps_min, cfg.eps_max, renormalise=True)
     loss = divergence(ls, lt, cfg.alpha)
 
   sg_s = jax.lax.stop_gradient(s_logits)
-  ls1 = sg_s - safe_logsumexp(sg_s)[..., None]
-  lt1 = t_logits - safe_logsumexp(t_logits)[..., None]
+  if cfg.temperature == 1.0:
+    ls1, lt1 = jax.lax.stop_gradient(ls_full), lt_full
+  else:
+    ls1, lt1 = sg_s - safe_logsumexp(sg_s)[..., None], t_logits - safe_logsumexp(t_logits)[..., None]
   kl_t1 = kl_student_teacher(ls1, lt1)
-  k = min(cfg.top_k or 100, s.shape[-1])
-  _, s_ids = jax.lax.top_k(sg_s, k)
+  if s_ids is None:
+    _, s_ids = jax.lax.top_k(sg_s, k)
   _, t_ids = jax.lax.top_k(t_logits, k)
   t_top = jnp.put_along_axis(jnp.zeros(sg_s.shape, bool), t_ids, True, axis=-1, inplace=False)
   overlap = jnp.mean(jnp.take_along_axis(t_top, s_ids, axis=-1).astype(jnp.float32), axis=-1)

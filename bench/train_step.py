@@ -1,0 +1,164 @@
+"""One self-distillation train step: ours (JAX) vs an equivalent PyTorch `transformers` step, same run.
+
+  python bench/train_step.py [--iters 3] [--compute_dtype bfloat16] [--skip_torch]
+
+Setup (the issue's): `small` preset, B = 4, student prompt 256, teacher prompt 768, response 512, top-100 +
+tail support, reverse KL (alpha = 1), eps_min 0.2, frozen teacher copy, AdamW with global-norm clip. Random
+weights and tokens; the compute is what is measured. The PyTorch step does the same maths: student forward
+with grad, teacher forward under no_grad, the same loss on the response positions (dense [B, R, V] logits,
+which is what a straightforward PyTorch implementation does), backward, clip, AdamW.
+
+Printed: model tokens/s (student + teacher tokens per second) for both and the ratio; the analytic model
+FLOPs of the step (matmuls incl. causal attention, 6x for the student, 2x for the teacher forward) divided by
+the step time, against the rate of a jitted 2048^3 matmul (same compute dtype) measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from resd_jax.context.batch import Batch  # noqa: E402
+from resd_jax.distill.losses import DistillConfig  # noqa: E402
+from resd_jax.distill.teacher import TeacherConfig  # noqa: E402
+from resd_jax.models import ModelConfig, Transformer  # noqa: E402
+from resd_jax.train import state as st  # noqa: E402
+from resd_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
+from resd_jax.train.step import StepConfig, make_sd_step  # noqa: E402
+
+from forward import _time as _median_time  # noqa: E402  (bench/forward.py: warm-up, then the median)
+
+
+def step_flops(cfg: ModelConfig, b: int, ls: int, lt: int, r: int) -> float:
+  """Matmul FLOPs of one SD step: student fwd+bwd (x3 of forward), teacher forward, LM head on R positions."""
+  d, h, k, dh, f, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+                       cfg.vocab_size)
+  per_token = 2 * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) * cfg.num_layers   # projections + MLP
+
+  def attn(length):  # causal QK^T and PV: 2 matmuls x 2 FLOPs x H x Dh x L^2 / 2
+    return 2 * 2 * h * dh * length * length / 2 * cfg.num_layers
+
+  fwd_student = b * (per_token * ls + attn(ls)) + 2 * b * r * d * v
+  fwd_teacher = b * (per_token * lt + attn(lt)) + 2 * b * r * d * v
+  return 3 * fwd_student + fwd_teacher
+
+
+def matmul_rate(dtype: str, n: int = 2048, iters: int = 5) -> float:
+  """GFLOP/s of a jitted n x n x n matmul with `dtype` inputs and float32 accumulation."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+  sec = _median_time(lambda: jax.block_until_ready(f(a, a)), iters)
+  return 2 * n ** 3 / sec / 1e9
+
+
+def make_batch(b: int, ps: int, pt: int, r: int, vocab: int) -> Batch:
+  rng = np.random.default_rng(0)
+  resp = rng.integers(0, vocab, (b, r)).astype(np.int32)
+  s_tok = np.concatenate([rng.integers(0, vocab, (b, ps)).astype(np.int32), resp], 1)
+  t_tok = np.concatenate([rng.integers(0, vocab, (b, pt)).astype(np.int32), resp], 1)
+  return Batch(s_tok, np.ones(s_tok.shape, bool), t_tok, np.ones(t_tok.shape, bool), resp,
+               np.ones((b, r), np.float32), np.ones(b, np.float32), np.ones(b, np.float32),
+               np.zeros((b, r), np.float32))
+
+
+def ours(batch: Batch, compute_dtype: str, iters: int, chunk: int) -> float:
+  cfg = ModelConfig.preset("small", compute_dtype=compute_dtype)
+  graphdef, params = st.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
+  step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=chunk),
+                        teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5))
+  step = make_sd_step(graphdef, step_cfg)
+  holder = [st.init_train_state(params, make_optimizer(step_cfg.optim), step_cfg.teacher)]
+  batch = jax.tree.map(jnp.asarray, batch)
+
+  def run():
+    holder[0], m = step(holder[0], batch)
+    jax.block_until_ready(m)
+
+  return _median_time(run, iters)
+
+
+def torch_step_time(batch: Batch, iters: int) -> float:
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  c = ModelConfig.preset("small")
+  hf = transformers.Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
+                                num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+                                head_dim=c.head_dim, intermediate_size=c.intermediate_size, rope_theta=c.rope_theta,
+                                tie_word_embeddings=False)
+  student = transformers.AutoModelForCausalLM.from_config(hf).float().train()
+  teacher = transformers.AutoModelForCausalLM.from_config(hf).float().eval()
+  teacher.load_state_dict(student.state_dict())
+  opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.01)
+  s_tok = torch.tensor(batch.student_tokens, dtype=torch.long)
+  t_tok = torch.tensor(batch.teacher_tokens, dtype=torch.long)
+  r = batch.response_tokens.shape[1]
+  k, log_eps = 100, float(np.log(0.2))
+
+  def support(logp, ids, top):  # log-probs on the top-k ids + tail (log of the complement's mass)
+    head = logp.gather(-1, ids)
+    tail = torch.logsumexp(logp.masked_fill(top, float("-inf")), -1, keepdim=True)
+    return torch.cat([head, tail], -1)
+
+  def run():
+    logits_s = student(input_ids=s_tok, logits_to_keep=r + 1).logits[:, :-1].float()   # [B, R, V]
+    with torch.no_grad():
+      logits_t = teacher(input_ids=t_tok, logits_to_keep=r + 1).logits[:, :-1].float()
+    ls_full = torch.log_softmax(logits_s, -1)
+    lt_full = torch.log_softmax(logits_t, -1)
+    ids = logits_s.detach().topk(k, -1).indices
+    top = torch.zeros_like(logits_s, dtype=torch.bool).scatter_(-1, ids, True)
+    ls, lt = support(ls_full, ids, top), support(lt_full, ids, top)
+    lt = torch.maximum(lt, ls.detach() + log_eps)
+    lt = lt - torch.logsumexp(lt, -1, keepdim=True)
+    loss = (ls.exp() * (ls - lt)).sum(-1).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  return _median_time(run, iters)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--prompt", type=int, default=256)
+  ap.add_argument("--teacher_prompt", type=int, default=768)
+  ap.add_argument("--response", type=int, default=512)
+  ap.add_argument("--chunk", type=int, default=128)
+  ap.add_argument("--compute_dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  ap.add_argument("--skip_torch", action="store_true")
+  args = ap.parse_args()
+  b, ps, pt, r = args.batch, args.prompt, args.teacher_prompt, args.response
+  cfg = ModelConfig.preset("small")
+  batch = make_batch(b, ps, pt, r, cfg.vocab_size)
+  tokens = b * (ps + r + pt + r)
+  flops = step_flops(cfg, b, ps + r, pt + r, r)
+  print(f"machine: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; small preset, B={b}, student {ps}+{r}, teacher {pt}+{r}, top-100 + tail, "
+        f"reverse KL, AdamW; {flops / 1e12:.2f} TFLOP per step (analytic)")
+  mm = matmul_rate(args.compute_dtype)
+  sec = ours(batch, args.compute_dtype, args.iters, args.chunk)
+  print(f"jitted 2048^3 matmul ({args.compute_dtype} in, f32 acc): {mm:.1f} GFLOP/s")
+  print(f"ours ({args.compute_dtype} compute): {sec:.2f} s/step, {tokens / sec:.0f} tokens/s, "
+        f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate")
+  if not args.skip_torch:
+    tsec = torch_step_time(batch, args.iters)
+    print(f"transformers (PyTorch fp32): {tsec:.2f} s/step, {tokens / tsec:.0f} tokens/s, "
+          f"{flops / tsec / 1e9:.1f} GFLOP/s")
+    print(f"ratio ours / PyTorch: {tsec / sec:.2f}x")
+  print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  main()
