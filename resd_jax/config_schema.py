@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.util
 import pathlib
+import re
 from typing import Any, Mapping
 
 ALGORITHMS = ("resd", "sdpo", "sdpo_ss", "grpo")
@@ -242,9 +243,10 @@ def absl_flags_parser(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
     text = " ".join(str(e).strip("\"'").split())
     bad = [a for a in argv[1:] if a.startswith("--config.")]
+    missing = re.search(r"'(\w+)", str(e))
     for arg in bad:
       key = arg[len("--config."):].split("=", 1)[0]
-      if key.rsplit(".", 1)[-1] == text:
+      if missing and key.rsplit(".", 1)[-1] == missing.group(1):
         known = list(_flatten(base_config().to_dict()))
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see configs/base.py for the known keys"

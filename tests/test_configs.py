@@ -108,3 +108,23 @@ def test_typed_config_errors_are_one_line():
   c = load("manufactoria", "tiny")
   c.algorithm = "ppo"
   _one_line_error(c, "algorithm='ppo'")
+
+
+def _launch(*args):
+  import subprocess
+  import sys
+  env = dict(__import__("os").environ, JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *args], capture_output=True, text=True,
+                     env=env, timeout=300)
+  lines = [l for l in p.stderr.splitlines() if l.startswith("config error")]
+  return p.returncode, lines
+
+
+def test_launch_reports_bad_overrides_in_one_line(tmp_path):
+  rc, lines = _launch("--config=configs/manufactoria.py:tiny", "--config.train.learnin_rate=1e-5",
+                      f"--workdir={tmp_path}")
+  assert rc != 0 and lines == ["config error: unknown config key 'train.learnin_rate' in "
+                               "--config.train.learnin_rate=1e-5; did you mean 'train.learning_rate'?"]
+  rc, lines = _launch("--config=configs/manufactoria.py", f"--workdir={tmp_path}")
+  assert rc != 0 and len(lines) == 1 and "--config.model.path" in lines[0]
+  assert not any(tmp_path.iterdir())  # nothing written for a bad config

@@ -128,6 +128,9 @@ class Trainer:
     self.cursor = Cursor()
     self.history: dict[str, dict[str, float]] = {}
     self.base_key = jax.random.PRNGKey(int(cfg.seed))
+    # Host RNGs (used by no part of ours, but maybe by a task or library): seeded here, saved and restored.
+    random.seed(int(cfg.seed))
+    np.random.seed(int(cfg.seed) % 2**32)
     self.resumed_from: int | None = None
     if eval_only:
       self.ckpt = None

@@ -26,7 +26,7 @@ DRIVER = pathlib.Path(__file__).with_name("tiny_run.py")
 def env(tmp_path_factory):
   cache = tmp_path_factory.mktemp("jax_cache")
   e = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PLATFORMS="cpu",
-           XLA_FLAGS="--xla_force_host_platform_device_count=8", TINY_PAUSE_S="20")
+           XLA_FLAGS="--xla_force_host_platform_device_count=8", TINY_PAUSE_S="3")
   e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return e
 
@@ -45,7 +45,8 @@ def finish(proc, timeout=900):
 
 
 def run_until_saved(env, workdir, step, sig, overrides=None):
-  """Start a run, wait for its checkpoint `step`, send `sig`; returns (stdout, stderr, returncode)."""
+  """Start a run, wait until checkpoint `step` is written and step + 1 has begun, send `sig`; returns
+  (stdout, stderr, returncode)."""
   proc = run(env, workdir, overrides=overrides, pause=step)
   for line in proc.stdout:
     if line.strip() == f"SAVED {step}":

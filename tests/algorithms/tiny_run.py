@@ -3,8 +3,8 @@ RESD / SDPO / GRPO run (2 outer batches x 2 inner updates) takes seconds after c
 
   python tests/algorithms/tiny_run.py WORKDIR ALGORITHM '{"config.key": value, ...}' [PAUSE_AFTER_STEP]
 
-With PAUSE_AFTER_STEP the run prints `SAVED <step>` after writing that checkpoint and sleeps a few seconds,
-so a test can kill it at a known point.
+With PAUSE_AFTER_STEP the run prints `SAVED <step>` when that checkpoint is written and the next inner
+update starts, then sleeps a few seconds inside that update, so a test can signal it in the middle of a step.
 """
 import importlib.util
 import json
@@ -68,14 +68,14 @@ def main(argv):
   pause = int(argv[4]) if len(argv) > 4 else None
   from resd_jax.algorithms import resd
   if pause is not None:
-    save = resd.Trainer.save
+    inner_update = resd.Trainer.inner_update
 
-    def save_then_pause(self, val_metrics=None):
-      save(self, val_metrics)
-      if self.cursor.step == pause:
+    def pause_then_update(self, examples):
+      if self.cursor.step == pause and pause in self.ckpt.steps():
         print(f"SAVED {pause}", flush=True)
-        time.sleep(float(os.environ.get("TINY_PAUSE_S", "5")))
-    resd.Trainer.save = save_then_pause
+        time.sleep(float(os.environ.get("TINY_PAUSE_S", "3")))
+      return inner_update(self, examples)
+    resd.Trainer.inner_update = pause_then_update
   summary = resd.train(tiny_config(algorithm, overrides), workdir)
   print(f"DONE {summary.status} {summary.step}", flush=True)
 
