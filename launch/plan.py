@@ -35,6 +35,7 @@ def _parse() -> argparse.Namespace:
   ap.add_argument("--data", type=int, default=1)
   ap.add_argument("--fsdp", type=int, default=-1)
   ap.add_argument("--tensor", type=int, default=1)
+  ap.add_argument("--expert", type=int, default=1, help="expert-parallel axis (MoE models)")
   ap.add_argument("--remat", default="full", choices=("none", "full", "dots"))
   ap.add_argument("--compute_dtype", default="bfloat16")
   ap.add_argument("--attn_block", type=int, default=0, help="query block of causal attention (model default)")
@@ -89,7 +90,7 @@ def main() -> None:
   if args.micro_batches:
     step_cfg = StepConfig(**{**step_cfg.__dict__, "micro_batches": args.micro_batches})
 
-  mesh = make_mesh(data=args.data, fsdp=args.fsdp, tensor=args.tensor)
+  mesh = make_mesh(data=args.data, fsdp=args.fsdp, tensor=args.tensor, expert=args.expert)
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   rows = args.batch or sizes["data"] * sizes["fsdp"]
   overrides = dict(remat=args.remat, compute_dtype=args.compute_dtype, param_dtype="float32")
