@@ -201,6 +201,9 @@ def check_values(cfg: Any) -> None:
     raise ConfigError(f"eval.num_samples must be >= 1, got {cfg.eval.num_samples}")
   if int(cfg.checkpoint.every) < 1 or int(cfg.checkpoint.keep) < 1:
     raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1")
+  if cfg.train.schedule == "cosine" and int(cfg.train.max_steps) <= int(cfg.train.warmup_steps):
+    raise ConfigError("train.schedule='cosine' decays over train.max_steps optimizer steps; set "
+                      "--config.train.max_steps to the run's length (> train.warmup_steps)")
   if cfg.task.name == "bouncingsim" and cfg.task.level not in ("easy", "medium"):
     raise ConfigError(f"task.level={cfg.task.level!r}: bouncingsim needs easy or medium "
                       f"(use --config=configs/bouncingsim.py:easy)")
