@@ -6,14 +6,12 @@ loader reads cannot drift from the one the trainer writes.
 import dataclasses
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from resd_jax import analysis
-from resd_jax.context import Batch
 from resd_jax.context.playbook import Playbook
 from resd_jax.metrics import MetricWriter, write_playbook_text
 
@@ -243,7 +241,8 @@ def test_per_token_kl_matches_unpadded_reference():
   # Same prompts for both -> zero KL; trimming common left padding changes nothing.
   same = dataclasses.replace(batch, teacher_tokens=batch.student_tokens, teacher_mask=batch.student_mask)
   np.testing.assert_allclose(analysis.per_token_kl(model, same), 0.0, atol=1e-6)
-  trimmed = analysis._trim_left_padding(batch)
+  from resd_jax.analysis.tokens import _trim_left_padding
+  trimmed = _trim_left_padding(batch)
   assert trimmed.teacher_tokens.shape[1] == 9 + 6
   np.testing.assert_allclose(analysis.per_token_kl(model, trimmed), kl, rtol=1e-5, atol=1e-7)
 
