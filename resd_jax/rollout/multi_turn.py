@@ -8,7 +8,8 @@ whose answer becomes the next user message. A conversation is
     [system, first user (room + task + commands)] + [assistant_1, user_1, ..., assistant_j, user_j]
 
 cut to a *history window*: the head (system + first user message) always stays; of the past exchanges
-(assistant reply, environment answer) only the last `history_turns` are kept, fewer when they do not fit in
+(assistant reply, environment answer; only the latest answer lists the admissible commands) only the last
+`history_turns` are kept, fewer when they do not fit in
 `max_prompt_len` tokens (oldest first out). An episode whose head plus latest exchange no longer fits ends
 (counted as `context_overflow`).
 
@@ -123,6 +124,14 @@ def window(head: Messages, exchanges: Sequence[tuple[str, str]], history_turns: 
   return None
 
 
+def _render(exchanges: Sequence[tuple[str, str, list[str]]], show_admissible: bool) -> list[tuple[str, str]]:
+  """(reply, user message) pairs; only the latest answer lists the admissible commands (older lists are stale
+  and would fill the window)."""
+  last = len(exchanges) - 1
+  return [(reply, turn_user_message(answer, admissible if show_admissible and k == last else None))
+          for k, (reply, answer, admissible) in enumerate(exchanges)]
+
+
 @dataclasses.dataclass
 class RolloutTimes:
   """Wall-clock split of `run_episodes` (seconds) and how many sampler calls / engine steps it made."""
@@ -145,7 +154,7 @@ def run_episodes(envs: Any, gamefiles: Sequence[str], sample: SampleFn, tokenize
   states = envs.reset(list(gamefiles))
   times.env_s += time.perf_counter() - t0
   episodes: list[Episode] = []
-  exchanges: list[list[tuple[str, str]]] = []
+  exchanges: list[list[tuple[str, str, list[str]]]] = []  # per episode: (reply, answer, admissible after it)
   for s in states:
     head = [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": first_user_message(s.observation,
@@ -157,7 +166,8 @@ def run_episodes(envs: Any, gamefiles: Sequence[str], sample: SampleFn, tokenize
     t0 = time.perf_counter()
     live, convs, dropped = [], [], []
     for i in envs.live():
-      fit = window(episodes[i].head, exchanges[i], cfg.history_turns, cfg.max_prompt_len, count)
+      fit = window(episodes[i].head, _render(exchanges[i], cfg.show_admissible), cfg.history_turns,
+                   cfg.max_prompt_len, count)
       if fit is None:  # the latest exchange no longer fits: end the episode here
         episodes[i].context_overflow = True
         envs.states[i].done = True
@@ -186,7 +196,7 @@ def run_episodes(envs: Any, gamefiles: Sequence[str], sample: SampleFn, tokenize
                                     finish_reason=str(ro.finish_reason), text=ro.text,
                                     command=s.last_action.command if s.last_action else "", answer=answer,
                                     exchanges_dropped=d))
-      exchanges[i].append((ro.text, turn_user_message(answer, s.admissible if cfg.show_admissible else None)))
+      exchanges[i].append((ro.text, answer, list(s.admissible)))
     turn += 1
   for ep, s in zip(episodes, envs.states):
     ep.won, ep.steps, ep.truncated, ep.crashed = s.won, s.steps, s.truncated, s.crashed

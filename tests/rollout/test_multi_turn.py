@@ -8,6 +8,7 @@
 - on the real engine (skipped without alfworld), scripted replies of the walkthrough win the game.
 """
 import dataclasses
+import functools
 import json
 import os
 
@@ -153,6 +154,9 @@ def test_one_sampler_call_per_turn_and_exact_prompts(tokenizer):
     if j:  # the previous reply and the environment's answer to it are the last two messages
       assert t.messages[-2] == {"role": "assistant", "content": g1.turns[j - 1].text}
       assert f"ENVANSWER1x{j} nothing happens" in t.messages[-1]["content"]
+      assert "Commands you can use now: look, inventory" in t.messages[-1]["content"]
+    if j > 1:  # older answers do not repeat the (stale) command list
+      assert "Commands you can use now" not in t.messages[-3]["content"]
   assert "Outcome: failure, ran out of steps (4/4 steps)" in g1.feedback(4)
   assert "> look" in g1.summary() and "ENVANSWER1x4" in g1.summary()
 
@@ -226,31 +230,32 @@ def test_teacher_is_enriched_head_plus_identical_history(tokenizer):
   assert all(r.sd_mask == 0 and r.teacher_prompt == r.student_prompt for r in rows)
 
 
+@functools.partial(nnx.jit, static_argnums=3)
 def _response_logprobs(model, tokens, mask, r):
   """log p(token) of the last r tokens of each row: [B, r]."""
-  hidden, _ = model(jnp.asarray(tokens), attn_mask=jnp.asarray(mask))
+  hidden, _ = model(tokens, attn_mask=mask)
   logits = model.logits(hidden[:, tokens.shape[1] - r - 1:tokens.shape[1] - 1])
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return np.asarray(jnp.take_along_axis(logp, jnp.asarray(tokens[:, -r:])[..., None], axis=-1)[..., 0])
+  return jnp.take_along_axis(logp, tokens[:, -r:][..., None], axis=-1)[..., 0]
 
 
 def test_teacher_logprobs_from_batch_equal_unpadded_forward(tokenizer):
-  eps, _, _ = play(tokenizer, {"g0": ["look", "win"], "g1": ["look"] * 4})
+  eps, _, _ = play(tokenizer, {"g0": ["look", "win"], "g1": ["look", "look"]}, max_steps=2)
   rows, _ = _rows(tokenizer, eps)
-  shape = BatchShape(8, 640, 1024, 24)
+  r_len = 24
+  shape = BatchShape(len(rows), 384, 768, r_len)
   b = rows_batch(rows, eps, shape, tk.pad_token_id(tokenizer))
   model = Transformer(ModelConfig.preset("tiny", vocab_size=len(tokenizer)), rngs=nnx.Rngs(0))
-  batched = _response_logprobs(model, b.teacher_tokens, b.teacher_mask, shape.max_response_len)
-  for k, r in enumerate(rows):
-    seq = np.asarray([r.teacher_prompt + r.response], np.int32)
+  teacher = np.asarray(_response_logprobs(model, jnp.asarray(b.teacher_tokens), jnp.asarray(b.teacher_mask), r_len))
+  student = np.asarray(_response_logprobs(model, jnp.asarray(b.student_tokens), jnp.asarray(b.student_mask), r_len))
+  assert len(rows) == 4 and all(r.sd_mask == 1 for r in rows)
+  for k, r in enumerate(rows):  # every turn of both episodes
     n = len(r.response)
-    alone = _response_logprobs(model, seq, np.ones_like(seq, bool), n)[0]
-    np.testing.assert_allclose(batched[k, :n], alone, rtol=2e-4, atol=2e-4)
-    # The same holds for the student row (the student and teacher rows predict the same tokens at the same slots).
-    sseq = np.asarray([r.student_prompt + r.response], np.int32)
-    s_alone = _response_logprobs(model, sseq, np.ones_like(sseq, bool), n)[0]
-    s_batched = _response_logprobs(model, b.student_tokens[k:k + 1], b.student_mask[k:k + 1], 24)[0]
-    np.testing.assert_allclose(s_batched[:n], s_alone, rtol=2e-4, atol=2e-4)
+    for prompt, batched in ((r.teacher_prompt, teacher), (r.student_prompt, student)):
+      seq = jnp.asarray([prompt + r.response], jnp.int32)
+      alone = np.asarray(_response_logprobs(model, seq, jnp.ones(seq.shape, bool), n))[0]
+      np.testing.assert_allclose(batched[k, :n], alone, rtol=2e-4, atol=2e-4)
+    assert not np.allclose(teacher[k, :n], student[k, :n], atol=1e-3)  # the teacher context does change them
 
 
 def test_grpo_rows_carry_the_episode_advantage(tokenizer):
