@@ -27,6 +27,8 @@ def main(argv):
   from resd_jax import config_schema
   from resd_jax.algorithms.resd import evaluate_checkpoint
   cfg = _CONFIG.value
+  if cfg.task.name == "alfworld":  # multi-turn episodes
+    from resd_jax.algorithms.resd_multiturn import evaluate_checkpoint
   cfg.workdir = _WORKDIR.value
   try:
     config_schema.validate(cfg, jax.device_count())
