@@ -50,6 +50,7 @@ class ModelConfig:
   param_dtype: str = "float32"    # master weights
   compute_dtype: str = "float32"  # matmul inputs; accumulation is always float32
   attn_block: int = 256           # causal attention is computed in query blocks of this many rows
+  attn_max_unrolled_blocks: int = 16  # more blocks than this (long contexts) run under a rematerialised scan
   remat: str = "none"             # per-layer rematerialisation: none | full | dots
 
   def __post_init__(self):
@@ -58,7 +59,7 @@ class ModelConfig:
         raise ValueError(f"ModelConfig: {msg}")
     need(self.architecture in _ARCHS, f"architecture={self.architecture!r}; expected one of {_ARCHS}")
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                 "intermediate_size", "attn_block"):
+                 "intermediate_size", "attn_block", "attn_max_unrolled_blocks"):
       need(int(getattr(self, name)) > 0, f"{name} must be a positive integer, got {getattr(self, name)!r}")
     need(self.num_heads % self.num_kv_heads == 0,
          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")

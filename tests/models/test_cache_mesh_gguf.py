@@ -32,15 +32,26 @@ def test_kv_cache_decoding_matches_full_forward():
 
 
 def test_block_attention_equals_single_block():
+  """Unrolled triangle-skipping blocks and the long-context scan path both equal one dense block."""
   toks = np.random.default_rng(2).integers(1, 512, (2, 37)).astype(np.int32)
   mask = np.ones_like(toks, bool)
   mask[0, :9] = False
-  outs = []
-  for block in (8, 256):
-    model = _tiny(attn_block=block)
-    h, _ = model(jnp.asarray(toks), None, jnp.asarray(mask))
-    outs.append(np.asarray(model.logits(h))[mask])
-  np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+  outs, grads = [], []
+  for block, unrolled in ((256, 16), (8, 16), (8, 2)):
+    model = _tiny(attn_block=block, attn_max_unrolled_blocks=unrolled)
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+      m = nnx.merge(graphdef, state)
+      logits = m.logits(m(jnp.asarray(toks), None, jnp.asarray(mask))[0])
+      return jnp.sum(jnp.where(jnp.asarray(mask)[..., None], jax.nn.log_softmax(logits), 0.0)), logits
+
+    (_, logits), g = jax.value_and_grad(loss, has_aux=True)(state)
+    outs.append(np.asarray(logits)[mask])
+    grads.append(np.asarray(g["layers"]["q"].get_value()))
+  for o, g in zip(outs[1:], grads[1:]):
+    np.testing.assert_allclose(o, outs[0], atol=1e-5)
+    np.testing.assert_allclose(g, grads[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 4), (8, 1)])
