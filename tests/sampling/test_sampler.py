@@ -127,7 +127,8 @@ def test_no_recompilation_within_a_bucket(model):
   generate(model, PROMPTS, SamplingParams(temperature=0, max_new_tokens=10))
   before = compile_counts()
   for sp, prompts in [(SamplingParams(temperature=0.5, top_p=0.7, max_new_tokens=20, seed=4), PROMPTS[::-1]),
-                      (SamplingParams(temperature=1.0, max_new_tokens=32, stop_token_ids=(1, 2, 3)), [[1], [2, 3], [4]]),
+                      (SamplingParams(temperature=1.0, max_new_tokens=32, stop_token_ids=(1, 2, 3)),
+                       [[1], [2, 3], [4]]),
                       (SamplingParams(temperature=0, max_new_tokens=5), [list(range(1, 33))] * 4)]:
     generate(model, prompts, sp)
   assert compile_counts() == before

@@ -38,6 +38,7 @@ def _convs(n):
           for _ in range(n)]
 
 
+# Every call uses batch_size=2 so the whole file compiles two batch buckets (1 and 2) only.
 def test_generate_text_order_templating_and_default_stops(model, tokenizer):
   convs = _convs(5)
   sp = SamplingParams(temperature=0, max_new_tokens=16)
@@ -55,12 +56,12 @@ def test_generate_text_order_templating_and_default_stops(model, tokenizer):
 
 def test_stop_string_cuts_text_before_it(model, tokenizer):
   convs = _convs(3)
-  full = generate_rollouts(model, tokenizer, convs, SamplingParams(temperature=0, max_new_tokens=12))
+  full = generate_rollouts(model, tokenizer, convs, SamplingParams(temperature=0, max_new_tokens=12), batch_size=2)
   words = full[0].text.split()
   assert len(words) >= 4, full[0].text
   stop = words[2]
   got = generate_rollouts(model, tokenizer, convs, SamplingParams(temperature=0, max_new_tokens=12,
-                                                                   stop_strings=(stop,)))
+                                                                   stop_strings=(stop,)), batch_size=2)
   assert got[0].text == full[0].text[:full[0].text.find(stop)]
   assert got[0].finish_reason == "stop" and not got[0].truncated
   assert len(got[0].response_tokens) == len(got[0].logprobs) <= len(full[0].response_tokens)
@@ -69,7 +70,7 @@ def test_stop_string_cuts_text_before_it(model, tokenizer):
 def test_sampler_calls_are_reproducible_and_fresh(model, tokenizer):
   convs = _convs(4)
   sp = SamplingParams(temperature=1.0, max_new_tokens=10, seed=5)
-  a, b = Sampler(model, tokenizer, sp), Sampler(model, tokenizer, sp)
+  a, b = Sampler(model, tokenizer, sp, batch_size=2), Sampler(model, tokenizer, sp, batch_size=2)
   assert a.params.stop_token_ids == tk.stop_token_ids(tokenizer)
   first = a(convs)
   assert len(first) == 4 and all(isinstance(t, str) for t in first)
