@@ -207,7 +207,7 @@ def _train(mesh, steps=1):
   from resd_jax.distill.losses import DistillConfig
   from resd_jax.distill.teacher import TeacherConfig
   from resd_jax.train.optim import OptimConfig
-  cfg = S.StepConfig(distill=DistillConfig(top_k=10, chunk_size=4), teacher=TeacherConfig("ema", 0.1),
+  cfg = S.StepConfig(distill=DistillConfig(top_k=4, chunk_size=8), teacher=TeacherConfig("ema", 0.1),
                      optim=OptimConfig(learning_rate=1e-4, eps=1e-6))  # Adam eps: no amplified rounding noise
   rng = np.random.default_rng(0)
   b, ps, pt, r = 4, 5, 8, 6
@@ -236,7 +236,8 @@ def test_sharded_train_step_equals_single_device():
   assert float(np.abs(np.asarray(want.params["layers"]["router"][...]) - np.asarray(init)).max()) > 1e-5  # moved
   diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), want.params, got.params)
   assert max(jax.tree.leaves(diffs)) < 1e-6, diffs
-  np.testing.assert_allclose(np.asarray(jax.tree.leaves(got_loss)), np.asarray(jax.tree.leaves(want_loss)), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(jax.tree.leaves(got_loss)), np.asarray(jax.tree.leaves(want_loss)), rtol=1e-4,
+                             atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
