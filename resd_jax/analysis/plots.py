@@ -15,7 +15,10 @@ from resd_jax.analysis.runs import (ADDED_KEYS, PHASE_ORDER, PLAYBOOK_SIZE_KEYS,
 def _figure(ncols: int = 1, width: float = 6.0, height: float = 3.6):
   from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib is the `notebooks` extra
   fig = Figure(figsize=(width * ncols, height), layout="constrained")
+  from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
   axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+  for ax in axes:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are integers
   return fig, axes
 
 
