@@ -143,6 +143,8 @@ def plot_entry_flow(run: Run | str | os.PathLike):
     ax.bar(flow["step"], -flow["removed"], color="C3", label="removed (pruning / budget)")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.yaxis.get_major_locator().set_params(integer=True)
+    if len(flow["step"]) <= 12:
+      ax.set_xticks(flow["step"])
     ax.legend(fontsize="small")
   else:
     _note_empty(ax, "curation / pruning")
@@ -179,6 +181,8 @@ def plot_timings(run: Run | str | os.PathLike):
     bottom += heights
   if phases:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if len(steps) <= 12:
+      ax.set_xticks(steps)
   else:
     _note_empty(ax, "timing")
   ax.set_title(f"time per phase ({run.name})")
