@@ -180,3 +180,12 @@ def test_baselines_run(env, tmp_path, algorithm, overrides):
   assert side["algorithm"] == algorithm and side["context"]["playbook"]["entries"] == []
   if algorithm == "grpo":
     assert all("train/clip_frac" in r for r in rows if "train/loss" in r)
+
+
+def test_evaluate_checkpoint_reads_without_writing(env, straight):
+  before = digest(straight)
+  out, _ = finish(run(env, straight, "eval", {"eval.num_samples": 3}))
+  result = json.loads(next(line for line in out.splitlines() if line.startswith("EVAL "))[5:])
+  assert result["step"] == 4 and result["num_samples"] == 3 and result["num_problems"] == 2
+  assert 0 <= result["per_task/mean@n"] <= result["per_task/best@n"] <= 1
+  assert digest(straight) == before

@@ -67,6 +67,10 @@ def main(argv):
   overrides = json.loads(argv[3]) if len(argv) > 3 else {}
   pause = int(argv[4]) if len(argv) > 4 else None
   from resd_jax.algorithms import resd
+  if algorithm == "eval":  # evaluate the run's checkpoint (read-only), as launch/evaluate.py does
+    step, metrics = resd.evaluate_checkpoint(tiny_config("resd", overrides), workdir)
+    print("EVAL " + json.dumps({"step": step, **metrics}, sort_keys=True), flush=True)
+    return
   if pause is not None:
     inner_update = resd.Trainer.inner_update
 
