@@ -38,6 +38,7 @@ def _parse() -> argparse.Namespace:
   ap.add_argument("--expert", type=int, default=1, help="expert-parallel axis (MoE models)")
   ap.add_argument("--remat", default="full", choices=("none", "full", "dots"))
   ap.add_argument("--compute_dtype", default="bfloat16")
+  ap.add_argument("--param_dtype", default="float32", help="master weights, optimizer and teacher copies")
   ap.add_argument("--attn_block", type=int, default=0, help="query block of causal attention (model default)")
   ap.add_argument("--teacher", default="", help="frozen | ema | current | trust_region (default: config or ema)")
   return ap.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
   mesh = make_mesh(data=args.data, fsdp=args.fsdp, tensor=args.tensor, expert=args.expert)
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   rows = args.batch or sizes["data"] * sizes["fsdp"]
-  overrides = dict(remat=args.remat, compute_dtype=args.compute_dtype, param_dtype="float32")
+  overrides = dict(remat=args.remat, compute_dtype=args.compute_dtype, param_dtype=args.param_dtype)
   if args.attn_block:
     overrides["attn_block"] = args.attn_block
   mcfg = ModelConfig.preset(model_name, **overrides)
@@ -138,7 +139,7 @@ def main() -> None:
         f"outputs {mem.output_size_in_bytes / _GB:.2f} GB, aliased {mem.alias_size_in_bytes / _GB:.2f} GB, "
         f"temporaries {act_gb:.2f} GB per device")
   print("per-device memory (GB):")
-  for name, gb in (("params (fp32)", p_gb), ("optimizer (AdamW m, v)", o_gb), ("teacher", t_gb),
+  for name, gb in ((f"params ({args.param_dtype})", p_gb), ("optimizer (AdamW m, v)", o_gb), ("teacher", t_gb),
                    ("activations (XLA temporaries)", act_gb), ("batch", batch_gb), ("total", total)):
     print(f"  {name:32s} {gb:8.2f}")
   for device, cap in (("H200 141 GB", 141), ("TPU v5p 95 GB", 95)):
