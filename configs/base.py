@@ -154,6 +154,9 @@ def get_base() -> ml_collections.ConfigDict:
 def tiny_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The CPU quick start: embedded SmolLM2, a handful of prompts, short lengths, 2 outer x 2 inner."""
   c.model.source = "embedded"
+  # Without rematerialisation the 30-layer model keeps ~10 GB of attention activations for the backward pass
+  # at these lengths (a quick-start run was OOM-killed at 11.7 GB); "full" recomputes each layer instead.
+  c.model.remat = "full"
   # Batch of 2 rows: no data parallelism; extra (simulated) devices go to the tensor axis.
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.expert = 1, 1, -1, 1
   c.data.train_limit = 4
