@@ -162,7 +162,7 @@ def apply_gradients(state: TrainState, grads: Any, total: jax.Array, count: jax.
   """Mean gradient -> optax update, unless the loss or a gradient is non-finite (then count a skip)."""
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
   safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
   updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
