@@ -24,7 +24,7 @@ from resd_jax.sampling import SamplingParams, generate
 from resd_jax.sampling import sampler as smp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import _time as _median_seconds  # noqa: E402  (median of timed runs after a warm-up)
+from forward import _time as _median_seconds, torch_peer  # noqa: E402  (median of timed runs after a warm-up)
 
 
 def ours(compute_dtype: str, prompts: np.ndarray, new: int, iters: int) -> tuple[float, float]:
@@ -57,12 +57,7 @@ def ours(compute_dtype: str, prompts: np.ndarray, new: int, iters: int) -> tuple
 
 def torch_generate(prompts: np.ndarray, new: int, iters: int) -> float:
   import torch  # noqa: PLC0415
-  import transformers  # noqa: PLC0415
-  torch.manual_seed(0)
-  hf = transformers.Qwen3Config(vocab_size=32768, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                                num_key_value_heads=4, head_dim=64, intermediate_size=1536, rope_theta=1e6,
-                                tie_word_embeddings=False)
-  ref = transformers.AutoModelForCausalLM.from_config(hf).float().eval()
+  ref = torch_peer().eval()
   ids = torch.tensor(prompts, dtype=torch.long)
 
   def run():

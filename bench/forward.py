@@ -28,6 +28,16 @@ def _time(fn, iters):
   return statistics.median(out)
 
 
+def torch_peer(preset: str = "small"):
+  """The `transformers` (PyTorch, float32) model with the same shapes as our preset, random weights (seed 0)."""
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+  torch.manual_seed(0)
+  hf = ModelConfig.preset(preset).to_hf_dict()
+  config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
+  return transformers.AutoModelForCausalLM.from_config(config).float()
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=4)
@@ -55,12 +65,7 @@ def main():
     results[f"ours ({cd} compute)"] = b * t / sec
   if not args.skip_torch:
     import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
-    torch.manual_seed(0)
-    hf = transformers.Qwen3Config(vocab_size=32768, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                                  num_key_value_heads=4, head_dim=64, intermediate_size=1536, rope_theta=1e6,
-                                  tie_word_embeddings=False)
-    ref = transformers.AutoModelForCausalLM.from_config(hf).float().eval()
+    ref = torch_peer().eval()
     tt = torch.tensor(tokens, dtype=torch.long)
 
     def run_torch():

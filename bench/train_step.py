@@ -33,7 +33,7 @@ from resd_jax.train import state as st  # noqa: E402
 from resd_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
 from resd_jax.train.step import StepConfig, make_sd_step  # noqa: E402
 
-from forward import _time as _median_time  # noqa: E402  (bench/forward.py: warm-up, then the median)
+from forward import _time as _median_time, torch_peer  # noqa: E402  (bench/forward.py: warm-up, then the median)
 
 
 def step_flops(cfg: ModelConfig, b: int, ls: int, lt: int, r: int) -> float:
@@ -86,16 +86,9 @@ def ours(batch: Batch, compute_dtype: str, iters: int, chunk: int) -> float:
 
 def torch_step_time(batch: Batch, iters: int) -> float:
   import torch  # noqa: PLC0415
-  import transformers  # noqa: PLC0415
-  torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
-  c = ModelConfig.preset("small")
-  hf = transformers.Qwen3Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
-                                num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-                                head_dim=c.head_dim, intermediate_size=c.intermediate_size, rope_theta=c.rope_theta,
-                                tie_word_embeddings=False)
-  student = transformers.AutoModelForCausalLM.from_config(hf).float().train()
-  teacher = transformers.AutoModelForCausalLM.from_config(hf).float().eval()
+  student = torch_peer().train()
+  teacher = torch_peer().eval()
   teacher.load_state_dict(student.state_dict())
   opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.01)
   s_tok = torch.tensor(batch.student_tokens, dtype=torch.long)
