@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resd_jax.models.config import ModelConfig
+from resd_jax.models.matmul import mixed_einsum
 from resd_jax.parallel import sharding as shd
 
 _F32 = jnp.float32
@@ -135,10 +136,10 @@ def _group(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, m: jax.Array
   x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1)  # [B, S+1, D]
   xb = jnp.take_along_axis(x_pad, src[..., None], axis=1).reshape(b, E, cap, d)   # [B, E, C, D]
   xb = shd.constrain(xb, ("batch", "expert", None, None))
-  g = jnp.einsum("becd,edf->becf", xb.astype(cd), p["expert_gate"].astype(cd), preferred_element_type=_F32)
-  u = jnp.einsum("becd,edf->becf", xb.astype(cd), p["expert_up"].astype(cd), preferred_element_type=_F32)
+  g = mixed_einsum("becd,edf->becf", xb, p["expert_gate"], cd)
+  u = mixed_einsum("becd,edf->becf", xb, p["expert_up"], cd)
   hb = shd.constrain(jax.nn.silu(g) * u, ("batch", "expert", None, "expert_mlp"))        # [B, E, C, F]
-  yb = jnp.einsum("becf,efd->becd", hb.astype(cd), p["expert_down"].astype(cd), preferred_element_type=_F32)
+  yb = mixed_einsum("becf,efd->becd", hb, p["expert_down"], cd)
   yb = shd.constrain(yb, ("batch", "expert", None, None)).reshape(b, E * cap, d)
   yb = jnp.concatenate([yb, jnp.zeros((b, 1, d), yb.dtype)], axis=1)                     # [B, E*C+1, D]
   kept = slot < E * cap                                                                  # [B, A]

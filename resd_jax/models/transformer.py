@@ -18,6 +18,7 @@ from flax import nnx
 
 from resd_jax.models.config import ModelConfig
 from resd_jax.models.kv_cache import KVCache
+from resd_jax.models.matmul import mixed_einsum
 from resd_jax.parallel import sharding as shd
 
 # A large finite negative: fully masked rows (padding queries) stay finite instead of NaN.
@@ -26,8 +27,8 @@ _F32 = jnp.float32
 
 
 def _dot(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
-  """einsum with inputs in the compute dtype and float32 accumulation/output."""
-  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32)
+  """einsum with inputs in the compute dtype and float32 accumulation/output (backward too: see matmul.py)."""
+  return mixed_einsum(eq, x, w, dtype)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -255,10 +256,16 @@ class Transformer(nnx.Module):
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden [..., D] -> float32 logits [..., V]."""
+    return self.logits_with(self.head_weight(), hidden)
+
+  def head_weight(self) -> jax.Array:
+    """The output projection's weights: `lm_head` [D, V], or `embed` [V, D] when the embeddings are tied."""
+    return self.embed[...] if self.config.tie_embeddings else self.lm_head[...]
+
+  def logits_with(self, head: jax.Array, hidden: jax.Array) -> jax.Array:
+    """Logits [..., V] of hidden [..., D] under output weights `head` (shaped like `head_weight()`)."""
     cd = jnp.dtype(self.config.compute_dtype)
-    if self.config.tie_embeddings:
-      return _dot("...d,vd->...v", hidden, self.embed[...], cd)
-    return _dot("...d,dv->...v", hidden, self.lm_head[...], cd)
+    return _dot("...d,vd->...v" if self.config.tie_embeddings else "...d,dv->...v", hidden, head, cd)
 
 
 def param_axes(model_or_state: Any) -> Any:

@@ -1,0 +1,65 @@
+"""mixed_einsum: float32 = jnp.einsum exactly; bfloat16 backward in bfloat16 and close to autodiff's."""
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resd_jax.models.matmul import mixed_einsum
+
+EQS = [("btd,dhk->bthk", (2, 5, 8), (8, 3, 4)), ("btkgd,bskd->bkgts", (2, 5, 2, 3, 4), (2, 6, 2, 4)),
+       ("...d,vd->...v", (2, 3, 8), (11, 8))]
+
+
+def _args(sx, sw, seed=0):
+  kx, kw = jax.random.split(jax.random.key(seed))
+  return jax.random.normal(kx, sx), jax.random.normal(kw, sw)
+
+
+@pytest.mark.parametrize("eq,sx,sw", EQS)
+def test_float32_is_plain_einsum(eq, sx, sw):
+  x, w = _args(sx, sw)
+  f = lambda x, w: jnp.sum(jnp.sin(mixed_einsum(eq, x, w, jnp.float32)))  # noqa: E731
+  g = lambda x, w: jnp.sum(jnp.sin(jnp.einsum(eq, x, w)))  # noqa: E731
+  assert np.array_equal(f(x, w), g(x, w))
+  for a, b in zip(jax.grad(f, (0, 1))(x, w), jax.grad(g, (0, 1))(x, w)):
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("eq,sx,sw", EQS)
+def test_bfloat16_gradients_match_autodiff_to_bf16_rounding(eq, sx, sw):
+  x, w = _args(sx, sw, seed=1)
+
+  def plain(x, w):
+    return jnp.einsum(eq, x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+  out = mixed_einsum(eq, x, w, jnp.bfloat16)
+  assert out.dtype == jnp.float32
+  assert np.array_equal(out, plain(x, w))  # same forward
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  got = jax.grad(loss(lambda x, w: mixed_einsum(eq, x, w, jnp.bfloat16)), (0, 1))(x, w)
+  ref = jax.grad(loss(plain), (0, 1))(x, w)
+  for a, b in zip(got, ref):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=0.02 * float(jnp.max(jnp.abs(b))))
+
+
+def test_bfloat16_backward_dots_take_bfloat16_operands():
+  """What the custom backward is for: no float32 x bfloat16 dot (XLA:CPU runs those in float32)."""
+  x, w = _args((4, 6, 8), (8, 5))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(mixed_einsum("btd,df->btf", x, w, jnp.bfloat16) ** 2),
+                                  (0, 1)))(x, w)
+  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+  dots += [e for eqn in jaxpr.jaxpr.eqns for sub in jax.extend.core.jaxprs_in_params(eqn.params)
+           for e in sub.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) >= 3  # forward + two transposes
+  for e in dots:
+    assert all(v.aval.dtype == jnp.bfloat16 for v in e.invars), e
+
+
+def test_bad_equations_are_rejected():
+  x, w = _args((2, 3), (3, 4))
+  with pytest.raises(ValueError, match="two operands and an explicit output"):
+    mixed_einsum("ab,bc", x, w, jnp.bfloat16)
+  with pytest.raises(ValueError, match="appears nowhere else"):
+    mixed_einsum("ab,bc->c", x, w, jnp.bfloat16)
