@@ -68,7 +68,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.clip_norm = 1.0        # global-norm gradient clip; 0 = off
   c.train.micro_batches = 1      # gradient accumulation inside one optimizer step
-  c.train.remat_loss = True      # recompute each loss chunk's logits in the backward pass
+  c.train.fused_loss = True      # SD loss: take each chunk's gradient in the forward pass (no recompute)
+  c.train.remat_loss = True      # unfused SD loss and GRPO: recompute each chunk's logits in the backward pass
   c.train.max_steps = 0          # stop after this many optimizer steps (0 = until the data runs out)
 
   # Self-distillation loss and teacher.

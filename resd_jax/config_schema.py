@@ -171,7 +171,7 @@ def build_parts(cfg: Any, n_devices: int) -> RunParts:
                     kl_coef=float(g.kl_coef), temperature=float(r.temperature) if r.temperature > 0 else 1.0,
                     chunk_size=int(d.chunk))
   step = StepConfig(distill=distill, teacher=teacher, optim=optim, grpo=grpo, micro_batches=int(t.micro_batches),
-                    remat_loss=bool(t.remat_loss))
+                    fused_loss=bool(t.fused_loss), remat_loss=bool(t.remat_loss))
   context = ContextConfig(prune_method=str(x.prune_method), prune_every=int(x.prune_every),
                           max_entries=int(x.max_entries), max_playbook_tokens=int(x.max_playbook_tokens),
                           curation_extensions=bool(x.curation_extensions), reflect=bool(x.reflection),

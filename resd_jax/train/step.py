@@ -41,7 +41,8 @@ class StepConfig:
   optim: OptimConfig = OptimConfig()
   grpo: grpo.GRPOConfig = grpo.GRPOConfig()
   micro_batches: int = 1
-  remat_loss: bool = True   # recompute each position chunk's logits in the backward pass
+  fused_loss: bool = True   # SD loss: each chunk's gradient taken in the forward pass (losses.fused_weighted_loss)
+  remat_loss: bool = True   # otherwise (and for GRPO): recompute each chunk's logits in the backward pass
 
   def __post_init__(self):
     if self.micro_batches < 1:
@@ -87,11 +88,18 @@ def sd_loss(graphdef: nnx.GraphDef, params: Any, parts: list[tuple[Any, float]],
   def teacher_logits(hs):
     return sum(c * head(h) for (head, c), h in zip(heads, hs))
 
-  terms = losses.chunked_token_terms(_logits_fn(graphdef, params), teacher_logits, h_s, h_t,
-                                     batch.response_tokens, dcfg, remat=cfg.remat_loss)   # each [B, R]
-  mask, weight = losses.token_weights(terms["logp"], batch.response_mask, batch.sd_mask, batch.sample_weight,
-                                      batch.rollout_logprobs, dcfg)
-  total, count = losses.aggregate(terms["loss"], mask, weight, dcfg.aggregation)
+  if cfg.fused_loss:
+    mask = batch.response_mask.astype(jnp.float32) * batch.sd_mask.astype(jnp.float32)[:, None]     # [B, R]
+    scale, count = losses.aggregation_scale(mask, dcfg.aggregation)
+    coef = scale * batch.sample_weight.astype(jnp.float32)[:, None]                                 # [B, R]
+    total, terms = losses.fused_weighted_loss(student.logits_with, student.head_weight(), h_s, teacher_logits, h_t,
+                                              batch.response_tokens, coef, batch.rollout_logprobs, dcfg)
+  else:
+    terms = losses.chunked_token_terms(_logits_fn(graphdef, params), teacher_logits, h_s, h_t,
+                                       batch.response_tokens, dcfg, remat=cfg.remat_loss)      # each [B, R]
+    mask, weight = losses.token_weights(terms["logp"], batch.response_mask, batch.sd_mask, batch.sample_weight,
+                                        batch.rollout_logprobs, dcfg)
+    total, count = losses.aggregate(terms["loss"], mask, weight, dcfg.aggregation)
   n_tok = jnp.sum(mask)
   has_response = (jnp.sum(batch.response_mask, axis=-1) > 0).astype(jnp.float32)         # [B]
   metrics = {

@@ -252,6 +252,79 @@ def test_chunked_matches_dense_values_and_gradients(alpha):
     np.testing.assert_allclose(g, rg, rtol=1e-4, atol=1e-6)
 
 
+def _fused_loss(h_s, h_t, w, tokens, mask, cfg, rollout=None, sample_weight=None):
+  """Mean loss through fused_weighted_loss (gradient taken chunk by chunk in the forward pass)."""
+  sw = jnp.ones(mask.shape[0]) if sample_weight is None else sample_weight
+  scale, count = L.aggregation_scale(mask, cfg.aggregation)
+  total, terms = L.fused_weighted_loss(lambda wt, h: h @ wt, w, h_s, lambda h: h @ w, h_t, tokens,
+                                       scale * sw[:, None], rollout, cfg)
+  return total / count, terms
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.0])
+def test_fused_loss_matches_dense_values_and_gradients(alpha):
+  rng = np.random.default_rng(0)
+  b, r, d, v = 2, 7, 6, 19
+  h_s, h_t = (jnp.asarray(rng.standard_normal((b, r, d)), jnp.float32) for _ in range(2))
+  w = jnp.asarray(rng.standard_normal((d, v)), jnp.float32)
+  tokens = jnp.asarray(rng.integers(0, v, (b, r)))
+  mask = jnp.asarray([[1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]], jnp.float32)
+  cfg = L.DistillConfig(top_k=5, alpha=alpha, chunk_size=3)  # 7 positions: padded to 9
+  ref_val, ref_grads = jax.value_and_grad(_dense_reference_loss, argnums=(0, 2))(
+      h_s, h_t, w, tokens, mask, 5, alpha, 0.2)
+  (val, terms), grads = jax.jit(jax.value_and_grad(_fused_loss, argnums=(0, 2), has_aux=True),
+                                static_argnums=5)(h_s, h_t, w, tokens, mask, cfg)
+  np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+  for g, rg in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, rg, rtol=1e-4, atol=1e-6)
+  dense = L.token_terms(h_s @ w, h_t @ w, tokens, cfg)
+  for key in dense:
+    np.testing.assert_allclose(terms[key], dense[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])
+def test_fused_loss_equals_autodiff_with_weights_and_importance_ratios(aggregation):
+  """Sample weights, rollout importance ratios (some clipped) and both aggregations: the fused gradient equals
+  jax.grad through the rematerialised chunks."""
+  rng = np.random.default_rng(3)
+  b, r, d, v = 3, 5, 4, 13
+  h_s, h_t = (jnp.asarray(rng.standard_normal((b, r, d)), jnp.float32) for _ in range(2))
+  w = jnp.asarray(rng.standard_normal((d, v)), jnp.float32)
+  tokens = jnp.asarray(rng.integers(0, v, (b, r)))
+  mask = jnp.asarray(rng.uniform(size=(b, r)) > 0.3, jnp.float32).at[2].set(0.0)  # row 2: nothing to learn
+  rollout = jnp.asarray(np.log(rng.uniform(0.01, 0.3, (b, r))), jnp.float32)
+  sw = jnp.asarray([0.5, 2.0, 1.0], jnp.float32)
+  cfg = L.DistillConfig(top_k=4, alpha=0.5, chunk_size=2, rollout_is=True, is_clip=2.0, aggregation=aggregation)
+
+  def autodiff(h_s, w):
+    out = L.chunked_token_terms(lambda h: h @ w, lambda h: h @ w, h_s, h_t, tokens, cfg)
+    m, wt = L.token_weights(out["logp"], mask, jnp.ones(b), sw, rollout, cfg)
+    total, count = L.aggregate(out["loss"], m, wt, cfg.aggregation)
+    return total / count
+
+  ref_val, ref_grads = jax.value_and_grad(autodiff, argnums=(0, 1))(h_s, w)
+  (val, _), grads = jax.value_and_grad(lambda h, w: _fused_loss(h, h_t, w, tokens, mask, cfg, rollout, sw),
+                                       argnums=(0, 1), has_aux=True)(h_s, w)
+  assert float(val) > 0
+  np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+  for g, rg in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, rg, rtol=1e-4, atol=1e-6)
+  assert float(jnp.max(jnp.abs(grads[0][2]))) == 0.0  # the masked-out row gets no gradient
+
+
+def test_fused_loss_propagates_a_nan_weight_and_needs_rollout_logprobs():
+  h = jnp.ones((2, 3, 4))
+  w = jnp.ones((4, 7))
+  tokens = jnp.zeros((2, 3), jnp.int32)
+  cfg = L.DistillConfig(top_k=2, chunk_size=2)
+  coef = jnp.ones((2, 3)).at[1, 0].set(jnp.nan)
+  total, _ = L.fused_weighted_loss(lambda wt, x: x @ wt, w, h, lambda x: x @ w, h, tokens, coef, None, cfg)
+  assert np.isnan(float(total))  # so the train step counts a skipped update instead of dropping the row
+  with pytest.raises(ValueError, match="rollout_logprobs"):
+    L.fused_weighted_loss(lambda wt, x: x @ wt, w, h, lambda x: x @ w, h, tokens, jnp.ones((2, 3)), None,
+                          L.DistillConfig(top_k=2, rollout_is=True))
+
+
 def test_identical_teacher_gives_zero_loss_and_zero_gradient():
   rng = np.random.default_rng(1)
   h = jnp.asarray(rng.standard_normal((2, 5, 4)), jnp.float32)
