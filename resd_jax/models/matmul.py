@@ -44,6 +44,9 @@ def _narrow_einsum(eq: str, dtype, x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _narrow_fwd(eq, dtype, x, w):
+  # The residuals are the operands as given, not their narrow copies: under the layer scan, XLA:CPU turned
+  # stacked bfloat16 residuals into float32 arrays and back (1.8 s of a 7.5 s step); this is what autodiff
+  # would keep too.
   return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32), (x, w)
 
 
