@@ -11,7 +11,7 @@ from typing import Any
 
 from resd_jax.context import prompts
 from resd_jax.context.config import ContextConfig
-from resd_jax.context.parsing import as_text, extract_json_object
+from resd_jax.context.parsing import as_text, extract_json_object, is_template_echo
 from resd_jax.context.playbook import SECTION_KEYS, Entry, Playbook, normalize_section
 from resd_jax.context.text import clip_middle, one_line, strip_reasoning
 from resd_jax.context.types import GradedSample, Metrics
@@ -72,6 +72,11 @@ def parse_operations(text: str, cfg: ContextConfig, metrics: Metrics) -> list[Op
       skipped += 1
       continue
     content = as_text(item.get("content", ""), cfg.max_entry_chars * 4)
+    echo = is_template_echo(content)
+    metrics.add("curate/template_echo_ops", echo)  # the schema's "<the lesson>" copied back is no lesson
+    if echo:
+      skipped += 1
+      continue
     op = Operation(op_type, normalize_section(item.get("section")), one_line(content or "", cfg.max_entry_chars),
                    _ids(item))
     needs_content = op_type in ("ADD", "UPDATE")

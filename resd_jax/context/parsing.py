@@ -18,6 +18,8 @@ import json
 import re
 from typing import Any
 
+from resd_jax.context.prompts import TEMPLATE_PLACEHOLDERS
+
 MAX_PARSE_CHARS = 100_000
 _MAX_CANDIDATES = 32
 _MAX_REPAIR_CUTS = 24
@@ -27,6 +29,8 @@ _SPECIAL = re.compile(r'[{}\[\]"\\]')
 TAG_VALUES = ("helpful", "harmful", "neutral")
 _TAG_ID_FIRST = re.compile(r'"id"\s*:\s*"([^"\\\n]{1,64})"\s*,\s*"tag"\s*:\s*"([A-Za-z]{1,16})"')
 _TAG_TAG_FIRST = re.compile(r'"tag"\s*:\s*"([A-Za-z]{1,16})"\s*,\s*"id"\s*:\s*"([^"\\\n]{1,64})"')
+_MIN_ECHO_PREFIX = 8  # a cut-off copy of a placeholder counts as an echo from this many characters on
+_ECHO_MAX_CHARS = 200  # longer texts are never a copy of a (short) placeholder
 
 
 @dataclasses.dataclass
@@ -177,6 +181,24 @@ def recover_tags(text: Any, max_chars: int = MAX_PARSE_CHARS) -> list[tuple[str,
   pairs = [(i, t.lower()) for i, t in _TAG_ID_FIRST.findall(window)]
   pairs += [(i, t.lower()) for t, i in _TAG_TAG_FIRST.findall(window)]
   return [(i, t) for i, t in pairs if t in TAG_VALUES]
+
+
+def _squash(text: str) -> str:
+  """Lower case, runs of whitespace as one space, surrounding quotes / brackets / punctuation dropped."""
+  return " ".join(text.lower().split()).strip(" \"'<>.,;:!")
+
+
+_PLACEHOLDERS = tuple(_squash(p) for p in TEMPLATE_PLACEHOLDERS)
+
+
+def is_template_echo(value: Any) -> bool:
+  """True when a model-written field is a copy of an answer-schema placeholder (`prompts.TEMPLATE_PLACEHOLDERS`,
+  any field's: small models also shift them between keys), whole or cut off after `_MIN_ECHO_PREFIX` characters;
+  case, spacing and surrounding punctuation are ignored."""
+  if not isinstance(value, str) or len(value) > _ECHO_MAX_CHARS:
+    return False
+  v = _squash(value)
+  return bool(v) and any(v == p or (len(v) >= _MIN_ECHO_PREFIX and p.startswith(v)) for p in _PLACEHOLDERS)
 
 
 def as_text(value: Any, max_chars: int) -> str | None:

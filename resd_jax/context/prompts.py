@@ -54,6 +54,22 @@ Tag only playbook entries that actually appear above, by their id in square brac
 pointed the right way, "harmful" if it misled the attempt, "neutral" if it did not matter. Use an empty list \
 when the playbook is empty."""
 
+# The placeholder texts of the answer schemas above and below (tests check that each occurs in its template).
+# Small models often copy them back verbatim instead of answering; the parsers drop such echoes and count them.
+TEMPLATE_PLACEHOLDERS = (
+  "your step-by-step analysis of the attempt",
+  "what exactly went wrong",
+  "why it went wrong: which idea or assumption was mistaken",
+  "what should have been done instead",
+  "one general lesson that would prevent this class of mistake",
+  "<playbook entry id>",
+  "why these operations",
+  "<one of the sections below>",
+  "<the lesson>",
+  "<improved lesson>",
+  "<combined lesson>",
+)
+
 TAGGER_SYSTEM = (
   "You judge which lessons in a playbook contributed to a successful attempt. "
   "You answer with a single JSON object and nothing else."

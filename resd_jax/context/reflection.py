@@ -5,7 +5,8 @@ import dataclasses
 
 from resd_jax.context import prompts
 from resd_jax.context.config import ContextConfig
-from resd_jax.context.parsing import as_text, extract_json_object, parse_tag_list, recover_tags
+from resd_jax.context.parsing import (as_text, extract_json_object, is_template_echo, parse_tag_list,
+                                      recover_tags)
 from resd_jax.context.text import clip_middle, strip_reasoning
 from resd_jax.context.types import GradedSample, Metrics
 
@@ -61,7 +62,8 @@ def _tags(obj, raw: str, cfg: ContextConfig, metrics: Metrics, prefix: str) -> l
 def parse_reflection(text: str, cfg: ContextConfig, metrics: Metrics) -> Reflection | None:
   """A `Reflection` from model output, or None when no diagnosis could be read (counted, never raised).
 
-  Tags recovered by the fallback still come back (in a Reflection with no fields) so counters update.
+  Tags recovered by the fallback still come back (in a Reflection with no fields) so counters update. Fields
+  that copy the answer schema's placeholder text back are dropped (counted in `reflect/template_echo_fields`).
   """
   raw = strip_reasoning(text) if isinstance(text, str) else ""
   found = extract_json_object(raw, prefer_keys=REFLECTION_KEYS)
@@ -73,7 +75,9 @@ def parse_reflection(text: str, cfg: ContextConfig, metrics: Metrics) -> Reflect
         continue
       value = as_text(found.obj[key], cfg.max_reflection_chars)
       metrics.add("reflect/wrong_type_fields", value is None)
-      if value:
+      echo = is_template_echo(value)
+      metrics.add("reflect/template_echo_fields", echo)  # a copied schema placeholder is no diagnosis
+      if value and not echo:
         fields[key] = value
   tags = _tags(found.obj, raw, cfg, metrics, "reflect")
   if not fields and not tags:
