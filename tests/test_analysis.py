@@ -265,3 +265,15 @@ def test_report_writes_pngs_and_diff(tmp_path):
   proc = subprocess.run([sys.executable, str(script), f"--workdir={tmp_path / 'missing'}", f"--out={out}"],
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "does not exist" in proc.stderr
+
+
+def test_recording_generator_labels_context_outputs_by_prompt_kind():
+  from resd_jax.analysis.tokens import _recording
+  from resd_jax.context import prompts
+  log = []
+  gen = _recording(lambda convs: [f"out{i}" for i in range(len(convs))], log)
+  convs = [[{"role": "system", "content": prompts.CURATOR_SYSTEM}, {"role": "user", "content": "u"}],
+           [{"role": "system", "content": prompts.REFLECTOR_SYSTEM}, {"role": "user", "content": "u"}],
+           [{"role": "user", "content": "no system prompt"}]]
+  assert gen(convs) == ["out0", "out1", "out2"]
+  assert log == [("curate", "out0"), ("reflect", "out1"), ("other", "out2")]

@@ -176,6 +176,11 @@ class Inspection:
   teacher_slots: tuple[str, ...]
   tokens: list[str]           # response tokens, decoded one by one
   kl: np.ndarray              # [len(tokens)] KL(student ‖ teacher) per token
+  raw_outputs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (reflect|tag|curate, text)
+
+  def raw(self, kind: str) -> str:
+    """What the model wrote for the first `kind` prompt of the update (reflect, tag, curate), "" when none."""
+    return next((text for k, text in self.raw_outputs if k == kind), "")
 
   @property
   def diff(self) -> PlaybookDiff:
@@ -188,6 +193,20 @@ class Inspection:
     return (f"reward {g.reward} acc {g.acc:.2f}; reflection {'yes' if self.reflection else 'none'}; playbook "
             f"{len(self.playbook_before)} -> {len(self.playbook_after)} entries; teacher slots {self.teacher_slots}; "
             f"KL mean {float(np.mean(self.kl)) if len(self.kl) else 0.0:.4f}, {worst}")
+
+
+def _recording(generate_text: Any, log: list[tuple[str, str]]) -> Any:
+  """`generate_text` that also appends (kind, text) to `log` for each conversation, the kind read from the
+  conversation's system prompt (reflect / tag / curate / other)."""
+  from resd_jax.context import prompts  # noqa: PLC0415
+  kinds = {prompts.REFLECTOR_SYSTEM: "reflect", prompts.TAGGER_SYSTEM: "tag", prompts.CURATOR_SYSTEM: "curate"}
+
+  def generate(convs):
+    outs = generate_text(convs)
+    log.extend((kinds.get(conv[0].get("content") if conv else None, "other"), text)
+               for conv, text in zip(convs, outs))
+    return outs
+  return generate
 
 
 def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, temperature: float = 1.0,
@@ -208,7 +227,8 @@ def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, tempera
   sample = GradedSample(example, ro.text, list(ro.response_tokens), list(ro.logprobs), grade, ro.truncated)
   updater = ContextUpdater(trainer.updater.config, seed)
   updater.load_state_dict(trainer.updater.state_dict())
-  result = updater.update([sample], trainer.generate_text_fn(step), step)
+  raw_outputs: list[tuple[str, str]] = []
+  result = updater.update([sample], _recording(trainer.generate_text_fn(step), raw_outputs), step)
   teacher_params = getattr(trainer.state, "teacher", None)
   teacher = nnx.merge(trainer.graphdef, teacher_params) if teacher_params is not None else None
   with trainer_mesh(trainer):
@@ -217,4 +237,4 @@ def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, tempera
                                     solution=result.solutions_before[0],
                                     max_teacher_prompt_len=trainer.parts.batch_shape.max_teacher_prompt_len)
   return Inspection(sample, result.reflections[0], Playbook.from_dict(trainer.updater.playbook.to_dict()),
-                    updater.playbook, dict(result.metrics), tuple(context.slots), tokens, kl)
+                    updater.playbook, dict(result.metrics), tuple(context.slots), tokens, kl, raw_outputs)
