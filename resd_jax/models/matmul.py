@@ -16,6 +16,7 @@ runs are bit-for-bit what `jnp.einsum` gives.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -38,35 +39,67 @@ def _operands(eq: str) -> tuple[str, str, str]:
   return a, b, out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _narrow_einsum(eq: str, dtype, x: jax.Array, w: jax.Array) -> jax.Array:
-  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32)
+def batched_matmul_einsum(eq: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """einsum(eq, x, w) as one [batch, M, K] x [batch, K, N] dot with float32 accumulation.
+
+  The operands are transposed and reshaped into that layout first, so XLA sees a plain batched matmul. For
+  the small, many-batched matmuls of attention (contractions over 64 head dims or over the keys) this ran
+  20-25% faster forward + backward on XLA:CPU than the einsum's own dot. No ellipsis.
+  """
+  a, b, c = _operands(eq)
+  if "..." in eq:
+    raise ValueError(f"batched_matmul_einsum does not take an ellipsis: {eq!r}")
+  batch = [i for i in a if i in b and i in c]
+  contract = [i for i in a if i in b and i not in c]
+  free_a = [i for i in a if i not in b]
+  free_b = [i for i in b if i not in a]
+  size = {**dict(zip(a, x.shape)), **dict(zip(b, w.shape))}
+  n = lambda idx: math.prod(size[i] for i in idx)  # noqa: E731
+  lhs = jnp.transpose(x, [a.index(i) for i in batch + free_a + contract]).reshape(n(batch), n(free_a), n(contract))
+  rhs = jnp.transpose(w, [b.index(i) for i in batch + contract + free_b]).reshape(n(batch), n(contract), n(free_b))
+  out = jax.lax.dot_general(lhs, rhs, (((2,), (1,)), ((0,), (0,))), preferred_element_type=_F32)
+  order = batch + free_a + free_b
+  return jnp.transpose(out.reshape([size[i] for i in order]), [order.index(i) for i in c])
 
 
-def _narrow_fwd(eq, dtype, x, w):
+def _narrow(eq: str, x: jax.Array, w: jax.Array, batched: bool) -> jax.Array:
+  if batched:
+    return batched_matmul_einsum(eq, x, w)
+  return jnp.einsum(eq, x, w, preferred_element_type=_F32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _narrow_einsum(eq: str, dtype, batched: bool, x: jax.Array, w: jax.Array) -> jax.Array:
+  return _narrow(eq, x.astype(dtype), w.astype(dtype), batched)
+
+
+def _narrow_fwd(eq, dtype, batched, x, w):
   # The residuals are the operands as given, not their narrow copies: under the layer scan, XLA:CPU turned
   # stacked bfloat16 residuals into float32 arrays and back (1.8 s of a 7.5 s step); this is what autodiff
   # would keep too.
-  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32), (x, w)
+  return _narrow(eq, x.astype(dtype), w.astype(dtype), batched), (x, w)
 
 
-def _narrow_bwd(eq, dtype, res, ct):
+def _narrow_bwd(eq, dtype, batched, res, ct):
   x, w = res
   xc, wc = x.astype(dtype), w.astype(dtype)
   a, b, out = _operands(eq)
   ct = ct.astype(dtype)
-  dx = jnp.einsum(f"{out},{b}->{a}", ct, wc, preferred_element_type=_F32)
-  dw = jnp.einsum(f"{a},{out}->{b}", xc, ct, preferred_element_type=_F32)
+  dx = _narrow(f"{out},{b}->{a}", ct, wc, batched)
+  dw = _narrow(f"{a},{out}->{b}", xc, ct, batched)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _narrow_einsum.defvjp(_narrow_fwd, _narrow_bwd)
 
 
-def mixed_einsum(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
-  """einsum with inputs in `dtype` and float32 accumulation/output; a `dtype` backward when it is narrow."""
+def mixed_einsum(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False) -> jax.Array:
+  """einsum with inputs in `dtype` and float32 accumulation/output; a `dtype` backward when it is narrow.
+
+  batched=True: when narrow, run every matmul (forward and backward) through `batched_matmul_einsum`.
+  """
   dtype = jnp.dtype(dtype)
   if dtype.itemsize >= 4:
     return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32)
   _operands(eq)  # validate at trace time, not first in the backward
-  return _narrow_einsum(eq, dtype, x, w)
+  return _narrow_einsum(eq, dtype, batched, x, w)

@@ -26,9 +26,9 @@ _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 _F32 = jnp.float32
 
 
-def _dot(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False) -> jax.Array:
   """einsum with inputs in the compute dtype and float32 accumulation/output (backward too: see matmul.py)."""
-  return mixed_einsum(eq, x, w, dtype)
+  return mixed_einsum(eq, x, w, dtype, batched)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -84,12 +84,12 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
   n_blocks = -(-t // block)
 
   def one_block(qb, start, key_len):
-    s = _dot("btkgd,bskd->bkgts", qb, k[:, :key_len], dtype)                  # [B, KVH, G, tb, key_len]
+    s = _dot("btkgd,bskd->bkgts", qb, k[:, :key_len], dtype, batched=True)     # [B, KVH, G, tb, key_len]
     rows = start + jnp.arange(qb.shape[1])
     allowed = rows[:, None] >= jnp.arange(key_len)[None, :]                    # [tb, key_len]
     allowed = allowed[None, None, None] & kv_mask[:, None, None, None, :key_len]
     p = jax.nn.softmax(jnp.where(allowed, s, _NEG), axis=-1)
-    return _dot("bkgts,bskd->btkgd", p, v[:, :key_len], dtype)                # [B, tb, KVH, G, Dh]
+    return _dot("bkgts,bskd->btkgd", p, v[:, :key_len], dtype, batched=True)   # [B, tb, KVH, G, Dh]
 
   if n_blocks <= max_unrolled_blocks:
     outs = [one_block(q[:, i:min(t, i + block)], i, min(t, i + block)) for i in range(0, t, block)]

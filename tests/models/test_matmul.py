@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resd_jax.models.matmul import mixed_einsum
+from resd_jax.models.matmul import batched_matmul_einsum, mixed_einsum
 
 EQS = [("btd,dhk->bthk", (2, 5, 8), (8, 3, 4)), ("btkgd,bskd->bkgts", (2, 5, 2, 3, 4), (2, 6, 2, 4)),
        ("...d,vd->...v", (2, 3, 8), (11, 8))]
@@ -26,18 +26,26 @@ def test_float32_is_plain_einsum(eq, sx, sw):
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("eq,sx,sw", EQS)
-def test_bfloat16_gradients_match_autodiff_to_bf16_rounding(eq, sx, sw):
+@pytest.mark.parametrize("eq,sx,sw", EQS[:2] + [("bkgts,bskd->btkgd", (2, 2, 3, 5, 6), (2, 6, 2, 4))])
+def test_batched_matmul_einsum_equals_einsum(eq, sx, sw):
+  x, w = _args(sx, sw, seed=2)
+  np.testing.assert_allclose(batched_matmul_einsum(eq, x, w), jnp.einsum(eq, x, w), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="ellipsis"):
+    batched_matmul_einsum("...d,vd->...v", x, w)
+
+
+@pytest.mark.parametrize("eq,sx,sw,batched", [e + (False,) for e in EQS] + [e + (True,) for e in EQS[:2]])
+def test_bfloat16_gradients_match_autodiff_to_bf16_rounding(eq, sx, sw, batched):
   x, w = _args(sx, sw, seed=1)
 
   def plain(x, w):
     return jnp.einsum(eq, x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
 
-  out = mixed_einsum(eq, x, w, jnp.bfloat16)
+  out = mixed_einsum(eq, x, w, jnp.bfloat16, batched)
   assert out.dtype == jnp.float32
-  assert np.array_equal(out, plain(x, w))  # same forward
+  np.testing.assert_allclose(out, plain(x, w), rtol=1e-5, atol=1e-5)  # same forward
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-  got = jax.grad(loss(lambda x, w: mixed_einsum(eq, x, w, jnp.bfloat16)), (0, 1))(x, w)
+  got = jax.grad(loss(lambda x, w: mixed_einsum(eq, x, w, jnp.bfloat16, batched)), (0, 1))(x, w)
   ref = jax.grad(loss(plain), (0, 1))(x, w)
   for a, b in zip(got, ref):
     assert a.dtype == jnp.float32
