@@ -6,7 +6,9 @@ Setup (the issue's): `small` preset, B = 4, student prompt 256, teacher prompt 7
 tail support, reverse KL (alpha = 1), eps_min 0.2, frozen teacher copy, AdamW with global-norm clip. Random
 weights and tokens; the compute is what is measured. The PyTorch step does the same maths: student forward
 with grad, teacher forward under no_grad, the same loss on the response positions (dense [B, R, V] logits,
-which is what a straightforward PyTorch implementation does), backward, clip, AdamW.
+which is what a straightforward PyTorch implementation does), backward, clip, AdamW. It is timed twice: in
+float32, and with the model forwards under torch.autocast(bfloat16) (PyTorch's counterpart of our bf16
+matmul inputs with fp32 master weights).
 
 Printed: model tokens/s (student + teacher tokens per second) for both and the ratio; the analytic model
 FLOPs of the step (matmuls incl. causal attention, 6x for the student, 2x for the teacher forward) divided by
@@ -84,7 +86,10 @@ def ours(batch: Batch, compute_dtype: str, iters: int, chunk: int) -> float:
   return _median_time(run, iters)
 
 
-def torch_step_time(batch: Batch, iters: int) -> float:
+def torch_step_time(batch: Batch, iters: int, autocast: bool = False) -> float:
+  """Median seconds of the PyTorch step; autocast=True runs both models' forward (and so the backward) under
+  torch.autocast(bfloat16), PyTorch's own mixed precision; the loss is computed in float32 either way."""
+  import contextlib  # noqa: PLC0415
   import torch  # noqa: PLC0415
   torch.set_num_threads(os.cpu_count() or 1)
   student = torch_peer().train()
@@ -101,9 +106,13 @@ def torch_step_time(batch: Batch, iters: int) -> float:
     tail = torch.logsumexp(logp.masked_fill(top, float("-inf")), -1, keepdim=True)
     return torch.cat([head, tail], -1)
 
+  def mixed():
+    return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
   def run():
-    logits_s = student(input_ids=s_tok, logits_to_keep=r + 1).logits[:, :-1].float()   # [B, R, V]
-    with torch.no_grad():
+    with mixed():
+      logits_s = student(input_ids=s_tok, logits_to_keep=r + 1).logits[:, :-1].float()   # [B, R, V]
+    with torch.no_grad(), mixed():
       logits_t = teacher(input_ids=t_tok, logits_to_keep=r + 1).logits[:, :-1].float()
     ls_full = torch.log_softmax(logits_s, -1)
     lt_full = torch.log_softmax(logits_t, -1)
@@ -146,10 +155,10 @@ def main() -> None:
   print(f"ours ({args.compute_dtype} compute): {sec:.2f} s/step, {tokens / sec:.0f} tokens/s, "
         f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate")
   if not args.skip_torch:
-    tsec = torch_step_time(batch, args.iters)
-    print(f"transformers (PyTorch fp32): {tsec:.2f} s/step, {tokens / tsec:.0f} tokens/s, "
-          f"{flops / tsec / 1e9:.1f} GFLOP/s")
-    print(f"ratio ours / PyTorch: {tsec / sec:.2f}x")
+    for name, autocast in (("PyTorch fp32", False), ("PyTorch bf16 autocast", True)):
+      tsec = torch_step_time(batch, args.iters, autocast)
+      print(f"transformers ({name}): {tsec:.2f} s/step, {tokens / tsec:.0f} tokens/s, "
+            f"{flops / tsec / 1e9:.1f} GFLOP/s; ratio ours / this: {tsec / sec:.2f}x")
   print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
