@@ -244,7 +244,9 @@ def test_per_token_kl_matches_unpadded_reference():
   from resd_jax.analysis.tokens import _trim_left_padding
   trimmed = _trim_left_padding(batch)
   assert trimmed.teacher_tokens.shape[1] == 9 + 6
-  np.testing.assert_allclose(analysis.per_token_kl(model, trimmed), kl, rtol=1e-5, atol=1e-7)
+  # Same tolerance as against the reference: a different length changes XLA's float32 summation order, and a KL
+  # of ~0.01 is a difference of log-probabilities that amplifies it.
+  np.testing.assert_allclose(analysis.per_token_kl(model, trimmed), kl, rtol=2e-4, atol=1e-6)
 
 
 def test_report_writes_pngs_and_diff(tmp_path):
