@@ -64,35 +64,35 @@ def batched_matmul_einsum(eq: str, x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.transpose(out.reshape([size[i] for i in order]), [order.index(i) for i in c])
 
 
-def _narrow(eq: str, x: jax.Array, w: jax.Array, batched: bool) -> jax.Array:
+def _matmul(eq: str, x: jax.Array, w: jax.Array, batched: bool) -> jax.Array:
   if batched:
     return batched_matmul_einsum(eq, x, w)
   return jnp.einsum(eq, x, w, preferred_element_type=_F32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _narrow_einsum(eq: str, dtype, batched: bool, x: jax.Array, w: jax.Array) -> jax.Array:
-  return _narrow(eq, x.astype(dtype), w.astype(dtype), batched)
+def _einsum_with_vjp(eq: str, dtype, batched: bool, x: jax.Array, w: jax.Array) -> jax.Array:
+  return _matmul(eq, x.astype(dtype), w.astype(dtype), batched)
 
 
-def _narrow_fwd(eq, dtype, batched, x, w):
-  # The residuals are the operands as given, not their narrow copies: under the layer scan, XLA:CPU turned
+def _einsum_fwd(eq, dtype, batched, x, w):
+  # The residuals are the operands as given, not their compute-dtype copies: under the layer scan, XLA:CPU turned
   # stacked bfloat16 residuals into float32 arrays and back (1.8 s of a 7.5 s step); this is what autodiff
   # would keep too.
-  return _narrow(eq, x.astype(dtype), w.astype(dtype), batched), (x, w)
+  return _matmul(eq, x.astype(dtype), w.astype(dtype), batched), (x, w)
 
 
-def _narrow_bwd(eq, dtype, batched, res, ct):
+def _einsum_bwd(eq, dtype, batched, res, ct):
   x, w = res
   xc, wc = x.astype(dtype), w.astype(dtype)
   a, b, out = _operands(eq)
   ct = ct.astype(dtype)
-  dx = _narrow(f"{out},{b}->{a}", ct, wc, batched)
-  dw = _narrow(f"{a},{out}->{b}", xc, ct, batched)
+  dx = _matmul(f"{out},{b}->{a}", ct, wc, batched)
+  dw = _matmul(f"{a},{out}->{b}", xc, ct, batched)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_narrow_einsum.defvjp(_narrow_fwd, _narrow_bwd)
+_einsum_with_vjp.defvjp(_einsum_fwd, _einsum_bwd)
 
 
 def mixed_einsum(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False) -> jax.Array:
@@ -104,4 +104,4 @@ def mixed_einsum(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = Fal
   if dtype.itemsize > 4:
     return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32)
   _operands(eq)  # validate at trace time, not first in the backward
-  return _narrow_einsum(eq, dtype, batched, x, w)
+  return _einsum_with_vjp(eq, dtype, batched, x, w)
