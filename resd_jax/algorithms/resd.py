@@ -403,10 +403,12 @@ class Trainer:
     self.writer.close()
 
 
-def evaluate_checkpoint(cfg: Any, run_dir: str | pathlib.Path, step: int | None = None
-                        ) -> tuple[int, dict[str, float]]:
-  """Validation metrics (config's `eval.*`) of a run's checkpoint (latest or `step`); writes nothing there."""
-  trainer = Trainer(cfg, run_dir, eval_only=True, eval_step=step)
+def evaluate_checkpoint(cfg: Any, run_dir: str | pathlib.Path, step: int | None = None, *,
+                        trainer_cls: type = Trainer) -> tuple[int, dict[str, float]]:
+  """Validation metrics (config's `eval.*`) of a run's checkpoint (latest or `step`); writes nothing there.
+
+  `trainer_cls`: the Trainer (sub)class that knows how to run the task's episodes (e.g. the multi-turn one)."""
+  trainer = trainer_cls(cfg, run_dir, eval_only=True, eval_step=step)
   try:
     return int(trainer.resumed_from), trainer.validate()
   finally:

@@ -240,11 +240,7 @@ class MultiTurnTrainer(resd.Trainer):
 def evaluate_checkpoint(cfg: Any, run_dir: str | pathlib.Path, step: int | None = None
                         ) -> tuple[int, dict[str, float]]:
   """Validation success rates of a run's checkpoint (latest or `step`); writes nothing into the run."""
-  trainer = MultiTurnTrainer(cfg, run_dir, eval_only=True, eval_step=step)
-  try:
-    return int(trainer.resumed_from), trainer.validate()
-  finally:
-    trainer.close()
+  return resd.evaluate_checkpoint(cfg, run_dir, step, trainer_cls=MultiTurnTrainer)
 
 
 def train(cfg: Any, workdir: str | pathlib.Path) -> resd.RunSummary:

@@ -325,11 +325,11 @@ def fused_weighted_loss(student_logits_fn: Callable[[Any, Array], Array], head: 
   coefficients are stop-gradient); it is not differentiable twice.
   """
   _, r, c, n = _chunk_layout(student_hidden, cfg.chunk_size)
+  if cfg.rollout_is and rollout_logprobs is None:
+    raise ValueError("rollout_is=True needs batch.rollout_logprobs")
   head_sg = jax.tree.map(jax.lax.stop_gradient, head)
   hidden_sg = jax.lax.stop_gradient(student_hidden)
   rollout = jnp.zeros_like(coef) if rollout_logprobs is None else rollout_logprobs
-  if cfg.rollout_is and rollout_logprobs is None:
-    raise ValueError("rollout_is=True needs batch.rollout_logprobs")
   xs = (hidden_sg, jax.lax.stop_gradient(teacher_hidden), tokens, jax.lax.stop_gradient(coef),
         jax.lax.stop_gradient(rollout))
 
@@ -371,14 +371,19 @@ def is_ratio(logp: Array, rollout_logprobs: Array, mask: Array, clip: float) -> 
   return jnp.exp(jnp.minimum(jnp.where(mask > 0, log_ratio, 0.0), math.log(clip)))
 
 
+def token_mask(response_mask: Array, sd_mask: Array) -> Array:
+  """[B, R] float mask of the tokens the loss sees: response_mask * sd_mask[:, None]."""
+  return response_mask.astype(jnp.float32) * sd_mask.astype(jnp.float32)[:, None]
+
+
 def token_weights(logp: Array, response_mask: Array, sd_mask: Array, sample_weight: Array,
                   rollout_logprobs: Optional[Array], cfg: DistillConfig) -> tuple[Array, Array]:
   """(mask [B, R], weight [B, R]) for the loss; weights are stop-gradient.
 
-  mask = response_mask * sd_mask[:, None]; weight = sample_weight[:, None] * (if cfg.rollout_is)
+  mask = ``token_mask``; weight = sample_weight[:, None] * (if cfg.rollout_is)
   min(exp(sg(logp) - rollout_logprobs), cfg.is_clip).
   """
-  mask = response_mask.astype(jnp.float32) * sd_mask.astype(jnp.float32)[:, None]
+  mask = token_mask(response_mask, sd_mask)
   weight = jnp.broadcast_to(sample_weight.astype(jnp.float32)[:, None], mask.shape)
   if cfg.rollout_is:
     if rollout_logprobs is None:

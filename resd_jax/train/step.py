@@ -89,7 +89,7 @@ def sd_loss(graphdef: nnx.GraphDef, params: Any, parts: list[tuple[Any, float]],
     return sum(c * head(h) for (head, c), h in zip(heads, hs))
 
   if cfg.fused_loss:
-    mask = batch.response_mask.astype(jnp.float32) * batch.sd_mask.astype(jnp.float32)[:, None]     # [B, R]
+    mask = losses.token_mask(batch.response_mask, batch.sd_mask)                                    # [B, R]
     scale, count = losses.aggregation_scale(mask, dcfg.aggregation)
     coef = scale * batch.sample_weight.astype(jnp.float32)[:, None]                                 # [B, R]
     total, terms = losses.fused_weighted_loss(student.logits_with, student.head_weight(), h_s, teacher_logits, h_t,
