@@ -52,6 +52,7 @@ class ModelConfig:
   attn_block: int = 256           # causal attention is computed in query blocks of this many rows
   attn_max_unrolled_blocks: int = 16  # more blocks than this (long contexts) run under a rematerialised scan
   remat: str = "none"             # per-layer rematerialisation: none | full | dots
+  scan_layers: bool = True        # layers under jax.lax.scan; False = a Python loop (compile time ~ depth)
 
   def __post_init__(self):
     def need(cond, msg):

@@ -31,6 +31,38 @@ def test_kv_cache_decoding_matches_full_forward():
   assert int(cache.index) == 12 and cache.lengths.tolist() == [12, 8]
 
 
+@pytest.mark.parametrize("preset,remat", [("tiny", "none"), ("tiny", "full"), ("tiny_moe", "none")])
+def test_unrolled_layers_equal_the_scan(preset, remat):
+  """scan_layers=False (a Python loop over layers) computes what the scan computes: hidden states, MoE
+  statistics, gradients, and KV-cache decoding."""
+  scan = Transformer(ModelConfig.preset(preset, remat=remat), rngs=nnx.Rngs(0))
+  loop = Transformer(ModelConfig.preset(preset, remat=remat, scan_layers=False), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(3)
+  toks = jnp.asarray(rng.integers(1, 512, (2, 10)), jnp.int32)
+  mask = jnp.asarray(np.arange(10)[None, :] >= np.array([[0], [3]]))  # second row left-padded by 3
+  h_scan, _, aux_scan = scan.forward_with_aux(toks, None, mask)
+  h_loop, _, aux_loop = loop.forward_with_aux(toks, None, mask)
+  np.testing.assert_allclose(np.asarray(h_loop), np.asarray(h_scan), rtol=1e-5, atol=1e-5)
+  assert jax.tree.structure(aux_loop) == jax.tree.structure(aux_scan)
+  for a, b in zip(jax.tree.leaves(aux_loop), jax.tree.leaves(aux_scan)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+  def loss(model):
+    h, _ = model(toks, None, mask)
+    return jnp.sum(jnp.where(mask[..., None], model.logits(h), 0.0) ** 2)
+
+  g_scan, g_loop = nnx.grad(loss)(scan), nnx.grad(loss)(loop)
+  for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_scan)):  # float32 summation order differs
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+  cache_scan, cache_loop = (KVCache.init(m.config, batch=2, max_len=12) for m in (scan, loop))
+  _, cache_scan = scan(toks[:, :7], None, mask[:, :7], cache_scan)
+  _, cache_loop = loop(toks[:, :7], None, mask[:, :7], cache_loop)
+  h_scan, _ = scan(toks[:, 7:], None, mask[:, 7:], cache_scan)
+  h_loop, _ = loop(toks[:, 7:], None, mask[:, 7:], cache_loop)
+  np.testing.assert_allclose(np.asarray(h_loop), np.asarray(h_scan), rtol=1e-5, atol=1e-5)
+
+
 def test_block_attention_equals_single_block():
   """Unrolled triangle-skipping blocks and the long-context scan path both equal one dense block."""
   toks = np.random.default_rng(2).integers(1, 512, (2, 37)).astype(np.int32)
