@@ -146,6 +146,28 @@ def divergence(ls: Array, lt: Array, alpha: float) -> Array:
 # Support construction and teacher clip.
 
 
+def top_k_membership(x: Array, ids: Array, at: Optional[Array] = None) -> Array:
+  """Whether entries of x [..., V] belong to the top-k set whose ids [..., k] ``jax.lax.top_k(x, k)`` returned.
+
+  at=None: a [..., V] mask over all of x; otherwise the membership of the ids ``at`` [..., m] (a [..., m] mask).
+  Built from comparisons with the k-th largest value instead of a scatter of the ids, so XLA fuses it into
+  the reductions that use it. Ties are resolved like top_k: among entries equal to the k-th value, the lowest
+  indices are in, up to the largest such index that top_k returned.
+
+  The values are read back from x at the ids rather than taken from top_k's own output: when top_k's values
+  are used, XLA:CPU lowers it to a full sort of every row (seconds at V = 32k) instead of its top-k kernel.
+  """
+  vals = jnp.take_along_axis(x, ids, axis=-1)                                       # [..., k] descending
+  tau = vals[..., -1:]                                                              # [..., 1] k-th largest
+  last_tied = jnp.max(jnp.where(vals == tau, ids, -1), axis=-1, keepdims=True)      # [..., 1]
+  if at is None:
+    idx = jax.lax.broadcasted_iota(ids.dtype, x.shape, x.ndim - 1)
+    val = x
+  else:
+    idx, val = at, jnp.take_along_axis(x, at, axis=-1)
+  return (val > tau) | ((val == tau) & (idx <= last_tied))
+
+
 def topk_tail_logprobs(s: Array, u: Array, k: int) -> tuple[Array, Array, Array]:
   """Student and teacher log-probs on the student's top-k ids plus a tail bucket.
 
@@ -155,8 +177,9 @@ def topk_tail_logprobs(s: Array, u: Array, k: int) -> tuple[Array, Array, Array]
   v = s.shape[-1]
   if k > v:
     raise ValueError(f"top_k={k} exceeds the vocabulary size {v}")
-  _, ids = jax.lax.top_k(jax.lax.stop_gradient(s), k)  # [..., k]
-  in_top = jnp.put_along_axis(jnp.zeros(s.shape, bool), ids, True, axis=-1, inplace=False)  # [..., V]
+  s_sg = jax.lax.stop_gradient(s)
+  _, ids = jax.lax.top_k(s_sg, k)                                     # [..., k]
+  in_top = top_k_membership(s_sg, ids)                                # [..., V]
 
   def on_support(x):
     lse = safe_logsumexp(x)
@@ -227,8 +250,7 @@ def token_terms(s_logits: Array, t_logits: Array, tokens: Array, cfg: DistillCon
   if s_ids is None:
     _, s_ids = jax.lax.top_k(sg_s, k)
   _, t_ids = jax.lax.top_k(t_logits, k)
-  t_top = jnp.put_along_axis(jnp.zeros(sg_s.shape, bool), t_ids, True, axis=-1, inplace=False)
-  overlap = jnp.mean(jnp.take_along_axis(t_top, s_ids, axis=-1).astype(jnp.float32), axis=-1)
+  overlap = jnp.mean(top_k_membership(t_logits, t_ids, at=s_ids).astype(jnp.float32), axis=-1)
   return {"loss": loss, "logp": logp, "kl_t1": kl_t1, "overlap": overlap}
 
 

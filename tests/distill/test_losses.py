@@ -196,6 +196,28 @@ def test_metrics_kl_at_temperature_one_and_overlap():
   np.testing.assert_allclose(out["overlap"], want)
 
 
+@pytest.mark.parametrize("kind", ["random", "ties", "minus_inf"])
+def test_top_k_membership_is_the_set_top_k_returned(kind):
+  """The comparison-built mask equals scattering top_k's ids, ties and -inf included (top_k keeps the lowest
+  indices among equal values)."""
+  rng = np.random.default_rng(5)
+  if kind == "random":
+    x = rng.standard_normal((6, 50)).astype(np.float32)
+  elif kind == "ties":
+    x = rng.integers(0, 4, (6, 50)).astype(np.float32)    # every row full of equal values
+  else:
+    x = np.full((6, 50), -np.inf, np.float32)
+    x[:, :3] = rng.standard_normal((6, 3))                 # fewer finite entries than k
+  k = 7
+  _, ids = jax.lax.top_k(jnp.asarray(x), k)
+  want = np.zeros(x.shape, bool)
+  np.put_along_axis(want, np.asarray(ids), True, axis=-1)
+  np.testing.assert_array_equal(np.asarray(L.top_k_membership(jnp.asarray(x), ids)), want)
+  at = jnp.asarray(rng.integers(0, 50, (6, 9)))
+  np.testing.assert_array_equal(np.asarray(L.top_k_membership(jnp.asarray(x), ids, at=at)),
+                                np.take_along_axis(want, np.asarray(at), axis=-1))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Chunked scan vs dense; gradients vs jax.grad of an independent dense implementation.
 
