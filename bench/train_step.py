@@ -1,6 +1,9 @@
 """One self-distillation train step: ours (JAX) vs an equivalent PyTorch `transformers` step, same run.
 
-  python bench/train_step.py [--iters 3] [--compute_dtype bfloat16] [--skip_torch]
+  python bench/train_step.py [--iters 3] [--compute_dtype bfloat16] [--layers loop|scan|both] [--skip_torch]
+  # on a GPU: Qwen3-1.7B shapes, 8k tokens per student sequence, MFU against the device's bf16 peak
+  python bench/train_step.py --preset qwen3_1p7b --batch 1 --prompt 4096 --teacher_prompt 6144 --response 4096 \
+      --layers scan --remat full --skip_torch
 
 Setup (the issue's): `small` preset, B = 4, student prompt 256, teacher prompt 768, response 512, top-100 +
 tail support, reverse KL (alpha = 1), eps_min 0.2, frozen teacher copy, AdamW with global-norm clip. Random
@@ -12,7 +15,8 @@ matmul inputs with fp32 master weights).
 
 Printed: model tokens/s (student + teacher tokens per second) for both and the ratio; the analytic model
 FLOPs of the step (matmuls incl. causal attention, 6x for the student, 2x for the teacher forward) divided by
-the step time, against the rate of a jitted 2048^3 matmul (same compute dtype) measured in the same run.
+the step time, against the rate of a jitted 2048^3 matmul (same compute dtype) measured in the same run (8192^3
+on an accelerator, where MFU against the device's bf16 peak is printed too).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import argparse
 import os
 import pathlib
 import sys
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +57,19 @@ def step_flops(cfg: ModelConfig, b: int, ls: int, lt: int, r: int) -> float:
   return 3 * fwd_student + fwd_teacher
 
 
+# Dense bf16 peak of accelerators by `device_kind` prefix, TFLOP/s (vendor figures, without sparsity).
+PEAK_TFLOPS = {"NVIDIA H100 PCIe": 756.0, "NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
+               "TPU v4": 275.0}
+
+
+def peak_tflops(override: float) -> Optional[float]:
+  """The accelerator's bf16 peak (TFLOP/s): `override` when > 0, else looked up by device kind (None: unknown)."""
+  if override > 0:
+    return override
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_TFLOPS.items() if kind.startswith(k)), None)
+
+
 def matmul_rate(dtype: str, n: int = 2048, iters: int = 5) -> float:
   """GFLOP/s of a jitted n x n x n matmul with `dtype` inputs and float32 accumulation."""
   a = jnp.ones((n, n), dtype)
@@ -70,8 +88,9 @@ def make_batch(b: int, ps: int, pt: int, r: int, vocab: int) -> Batch:
                np.zeros((b, r), np.float32))
 
 
-def ours(batch: Batch, compute_dtype: str, iters: int, chunk: int) -> float:
-  cfg = ModelConfig.preset("small", compute_dtype=compute_dtype)
+def ours(batch: Batch, preset: str, compute_dtype: str, iters: int, chunk: int, scan_layers: bool,
+         remat: str = "none") -> float:
+  cfg = ModelConfig.preset(preset, compute_dtype=compute_dtype, scan_layers=scan_layers, remat=remat)
   graphdef, params = st.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
   step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=chunk),
                         teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5))
@@ -86,14 +105,14 @@ def ours(batch: Batch, compute_dtype: str, iters: int, chunk: int) -> float:
   return _median_time(run, iters)
 
 
-def torch_step_time(batch: Batch, iters: int, autocast: bool = False) -> float:
+def torch_step_time(batch: Batch, iters: int, autocast: bool = False, preset: str = "small") -> float:
   """Median seconds of the PyTorch step; autocast=True runs both models' forward (and so the backward) under
   torch.autocast(bfloat16), PyTorch's own mixed precision; the loss is computed in float32 either way."""
   import contextlib  # noqa: PLC0415
   import torch  # noqa: PLC0415
   torch.set_num_threads(os.cpu_count() or 1)
-  student = torch_peer().train()
-  teacher = torch_peer().eval()
+  student = torch_peer(preset).train()
+  teacher = torch_peer(preset).eval()
   teacher.load_state_dict(student.state_dict())
   opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.01)
   s_tok = torch.tensor(batch.student_tokens, dtype=torch.long)
@@ -133,6 +152,10 @@ def torch_step_time(batch: Batch, iters: int, autocast: bool = False) -> float:
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--preset", default="small", help="ModelConfig preset (GPU check: qwen3_1p7b)")
+  ap.add_argument("--remat", default="none", choices=("none", "full", "dots"), help="our per-layer remat")
+  ap.add_argument("--peak_tflops", type=float, default=0.0,
+                  help="accelerator bf16 peak for MFU (default: looked up by device kind)")
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--prompt", type=int, default=256)
   ap.add_argument("--teacher_prompt", type=int, default=768)
@@ -140,25 +163,35 @@ def main() -> None:
   ap.add_argument("--chunk", type=int, default=128)
   ap.add_argument("--compute_dtype", default="bfloat16", choices=("float32", "bfloat16"))
   ap.add_argument("--skip_torch", action="store_true")
+  ap.add_argument("--layers", default="both", choices=("loop", "scan", "both"),
+                  help="our layer loop: Python loop (scan_layers=False), lax.scan, or time both")
   args = ap.parse_args()
   b, ps, pt, r = args.batch, args.prompt, args.teacher_prompt, args.response
-  cfg = ModelConfig.preset("small")
+  cfg = ModelConfig.preset(args.preset)
   batch = make_batch(b, ps, pt, r, cfg.vocab_size)
   tokens = b * (ps + r + pt + r)
   flops = step_flops(cfg, b, ps + r, pt + r, r)
   print(f"machine: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f}; small preset, B={b}, student {ps}+{r}, teacher {pt}+{r}, top-100 + tail, "
+        f"{os.getloadavg()[0]:.1f}; {args.preset} preset, B={b}, student {ps}+{r}, teacher {pt}+{r}, top-100 + tail, "
         f"reverse KL, AdamW; {flops / 1e12:.2f} TFLOP per step (analytic)")
-  mm = matmul_rate(args.compute_dtype)
-  sec = ours(batch, args.compute_dtype, args.iters, args.chunk)
-  print(f"jitted 2048^3 matmul ({args.compute_dtype} in, f32 acc): {mm:.1f} GFLOP/s")
-  print(f"ours ({args.compute_dtype} compute): {sec:.2f} s/step, {tokens / sec:.0f} tokens/s, "
-        f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate")
+  on_cpu = jax.devices()[0].platform == "cpu"
+  mm = matmul_rate(args.compute_dtype, n=2048 if on_cpu else 8192)
+  peak = None if on_cpu else peak_tflops(args.peak_tflops)
+  print(f"jitted {2048 if on_cpu else 8192}^3 matmul ({args.compute_dtype} in, f32 acc): {mm:.1f} GFLOP/s")
+  ours_sec = {}
+  for scan_layers in {"loop": [False], "scan": [True], "both": [False, True]}[args.layers]:
+    name = "layers in a lax.scan" if scan_layers else "layers in a Python loop"
+    sec = ours_sec[name] = ours(batch, args.preset, args.compute_dtype, args.iters, args.chunk, scan_layers,
+                                args.remat)
+    mfu = f", MFU {flops / sec / 1e12 / peak:.1%} of {peak:.0f} TFLOP/s" if peak else ""
+    print(f"ours ({args.compute_dtype} compute, {name}): {sec:.2f} s/step, {tokens / sec:.0f} tokens/s, "
+          f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate{mfu}")
   if not args.skip_torch:
     for name, autocast in (("PyTorch fp32", False), ("PyTorch bf16 autocast", True)):
-      tsec = torch_step_time(batch, args.iters, autocast)
+      tsec = torch_step_time(batch, args.iters, autocast, args.preset)
+      ratios = ", ".join(f"{tsec / sec:.2f}x ({layers})" for layers, sec in ours_sec.items())
       print(f"transformers ({name}): {tsec:.2f} s/step, {tokens / tsec:.0f} tokens/s, "
-            f"{flops / tsec / 1e9:.1f} GFLOP/s; ratio ours / this: {tsec / sec:.2f}x")
+            f"{flops / tsec / 1e9:.1f} GFLOP/s; ratio ours / this: {ratios}")
   print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
