@@ -70,20 +70,24 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks: int = 16) -> jax.Array:
+def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks: int = 16,
+                     q_offset: int = 0) -> jax.Array:
   """Causal self-attention computed in query blocks.
 
-  q [B, T, H, Dh], k/v [B, T, KVH, Dh], kv_mask [B, T] (False = padding). Returns [B, T, H, Dh] float32.
+  q [B, Tq, H, Dh] holds the queries of positions q_offset .. T-1 (Tq = T - q_offset; all of them by default),
+  k/v [B, T, KVH, Dh], kv_mask [B, T] (False = padding). Returns [B, Tq, H, Dh] float32.
 
   Up to `max_unrolled_blocks` blocks, the blocks are unrolled and each attends only to the keys at or before
   its last row, skipping the masked upper triangle (about 2x fewer FLOPs). Beyond that (long contexts), the
   blocks run under `jax.lax.scan` with each block rematerialised, so the backward pass keeps one block's
   [blk, T] probabilities alive instead of all of them; that costs the triangle skip but bounds memory.
   """
-  b, t, h, dh = q.shape
-  kvh = k.shape[2]
-  q = (q * (dh ** -0.5)).reshape(b, t, kvh, h // kvh, dh)
-  n_blocks = -(-t // block)
+  b, tq, h, dh = q.shape
+  t, kvh = k.shape[1], k.shape[2]
+  if q_offset + tq != t:
+    raise ValueError(f"causal_attention: {tq} queries from position {q_offset} do not end at the {t} keys")
+  q = (q * (dh ** -0.5)).reshape(b, tq, kvh, h // kvh, dh)
+  n_blocks = -(-tq // block)
 
   def one_block(qb, start, key_len):
     s = _dot("btkgd,bskd->bkgts", qb, k[:, :key_len], dtype, batched=True)     # [B, KVH, G, tb, key_len]
@@ -94,14 +98,16 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
     return _dot("bkgts,bskd->btkgd", p, v[:, :key_len], dtype, batched=True)   # [B, tb, KVH, G, Dh]
 
   if n_blocks <= max_unrolled_blocks:
-    outs = [one_block(q[:, i:min(t, i + block)], i, min(t, i + block)) for i in range(0, t, block)]
-    return jnp.concatenate(outs, axis=1).reshape(b, t, h, dh)
-  pad = n_blocks * block - t
+    outs = [one_block(q[:, i:min(tq, i + block)], q_offset + i, q_offset + min(tq, i + block))
+            for i in range(0, tq, block)]
+    return jnp.concatenate(outs, axis=1).reshape(b, tq, h, dh)
+  pad = n_blocks * block - tq
   qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
   qs = jnp.moveaxis(qp.reshape(b, n_blocks, block, *q.shape[2:]), 1, 0)        # [nb, B, blk, KVH, G, Dh]
   body = jax.checkpoint(lambda _, xs: (None, one_block(xs[0], xs[1], t)))
-  _, outs = jax.lax.scan(body, None, (qs, jnp.arange(n_blocks) * block))       # [nb, B, blk, KVH, G, Dh]
-  return jnp.moveaxis(outs, 0, 1).reshape(b, n_blocks * block, h, dh)[:, :t]
+  starts = q_offset + jnp.arange(n_blocks) * block
+  _, outs = jax.lax.scan(body, None, (qs, starts))                             # [nb, B, blk, KVH, G, Dh]
+  return jnp.moveaxis(outs, 0, 1).reshape(b, n_blocks * block, h, dh)[:, :tq]
 
 
 def cached_attention(q, k_new, v_new, new_mask, k_old, v_old, old_mask, *, dtype) -> jax.Array:
@@ -170,22 +176,32 @@ class DecoderLayers(nnx.Module):
     return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
 
 
-def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_mask, cache_kv=None):
-  """One pre-norm decoder layer. x [B, T, D] float32. Returns (x, (k, v), aux) with k/v [B, T, KVH, Dh]."""
+def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_mask, cache_kv=None, q_start: int = 0):
+  """One pre-norm decoder layer. x [B, T, D] float32. Returns (x, (k, v), aux) with k/v [B, T, KVH, Dh].
+
+  q_start > 0 (no cache): keys and values from all T positions, everything else (queries, attention output,
+  MLP) only for positions q_start..T-1, so the returned x is [B, T - q_start, D].
+  """
   cd = jnp.dtype(cfg.compute_dtype)
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-  q = _dot("btd,dhk->bthk", h, p["q"], cd)
+  if q_start:
+    x, cos_q, sin_q = x[:, q_start:], cos[:, q_start:], sin[:, q_start:]
+  else:
+    cos_q, sin_q = cos, sin
+  q = _dot("btd,dhk->bthk", h[:, q_start:] if q_start else h, p["q"], cd)
   k = _dot("btd,dhk->bthk", h, p["k"], cd)
   v = _dot("btd,dhk->bthk", h, p["v"], cd)
   if cfg.qkv_bias:
     q, k, v = q + p["q_bias"].astype(_F32), k + p["k_bias"].astype(_F32), v + p["v_bias"].astype(_F32)
   if cfg.qk_norm:
     q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-  q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+  q, k = apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos, sin)
   if cache_kv is None:
     a = causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd,
-                         max_unrolled_blocks=cfg.attn_max_unrolled_blocks)
+                         max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start)
   else:
+    if q_start:
+      raise ValueError("decoder_layer: q_start is for full forwards, not for decoding with a cache")
     k_old, v_old, old_mask = cache_kv
     a = cached_attention(q, k, v, attn_mask, k_old, v_old, old_mask, dtype=cd)
   x = x + _dot("bthk,hkd->btd", a, p["o"], cd)
@@ -194,7 +210,7 @@ def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_m
   aux = {}
   if cfg.num_experts:
     from resd_jax.models import moe  # noqa: PLC0415
-    y, aux = moe.moe_mlp(cfg, p, h, attn_mask)
+    y, aux = moe.moe_mlp(cfg, p, h, attn_mask[:, q_start:])
   else:
     g = _dot("btd,df->btf", h, p["gate"], cd)
     u = _dot("btd,df->btf", h, p["up"], cd)
@@ -237,17 +253,23 @@ class Transformer(nnx.Module):
       self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, attn_mask: jax.Array | None = None,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               cache: KVCache | None = None, out_start: int = 0) -> tuple[jax.Array, KVCache | None]:
     """tokens [B, T] int32; positions [B, T] (derived from attn_mask when None); attn_mask [B, T] bool.
 
     Returns final-normed hidden states [B, T, D] float32 and the updated cache (None without one).
+    out_start > 0 (without a cache): only the hidden states of positions out_start..T-1, [B, T - out_start, D];
+    a dense model then runs its last layer's queries, attention output and MLP on those positions only.
     """
-    hidden, cache, _ = self.forward_with_aux(tokens, positions, attn_mask, cache)
+    hidden, cache, _ = self.forward_with_aux(tokens, positions, attn_mask, cache, out_start)
     return hidden, cache
 
-  def forward_with_aux(self, tokens, positions=None, attn_mask=None, cache=None):
+  def forward_with_aux(self, tokens, positions=None, attn_mask=None, cache=None, out_start: int = 0):
     """Like `__call__`, plus a dict of per-layer auxiliary outputs (MoE router statistics and losses)."""
     cfg = self.config
+    if not 0 <= out_start < tokens.shape[1]:
+      raise ValueError(f"out_start={out_start} must be in [0, {tokens.shape[1]}) (the sequence length)")
+    if out_start and cache is not None:
+      raise ValueError("out_start is for full forwards; decoding with a cache returns every new position")
     if attn_mask is None:
       attn_mask = jnp.ones(tokens.shape, bool)
     attn_mask = attn_mask.astype(bool)
@@ -258,19 +280,30 @@ class Transformer(nnx.Module):
     x = shd.constrain(x, ("batch", None, None))
     cos, sin = rotary_tables(cfg, positions)
 
-    def body(x, xs):
-      p, kv = xs
-      x, new_kv, aux = decoder_layer(cfg, p, x, cos, sin, attn_mask, kv)
-      return x, (new_kv if cache is not None else None, aux)
+    def layer_fn(q_start: int = 0):
+      def body(x, xs):
+        p, kv = xs
+        x, new_kv, aux = decoder_layer(cfg, p, x, cos, sin, attn_mask, kv, q_start)
+        return x, (new_kv if cache is not None else None, aux)
+      return body if cfg.remat == "none" else jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
 
-    if cfg.remat != "none":
-      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat])
+    body = layer_fn()
     old = None if cache is None else (cache.k, cache.v, jnp.broadcast_to(cache.mask, (cfg.num_layers,) + cache.mask.shape))
     xs = (self.layers.arrays(), old)
+    # Dense models run the last layer on the requested positions only; MoE layers route every position (their
+    # statistics and balance loss cover the whole sequence), so they slice the output instead.
+    last_only = bool(out_start) and not cfg.num_experts
+    n_stack = cfg.num_layers - 1 if last_only else cfg.num_layers
+    stack = jax.tree.map(lambda a: a[:n_stack], xs) if last_only else xs
     if cfg.scan_layers:
-      x, (new_kv, aux) = jax.lax.scan(body, x, xs)
+      x, (new_kv, aux) = jax.lax.scan(body, x, stack)
     else:
-      x, (new_kv, aux) = unrolled_layers(body, x, xs, cfg.num_layers)
+      x, (new_kv, aux) = unrolled_layers(body, x, stack, n_stack)
+    if last_only:
+      x, (_, last_aux) = layer_fn(out_start)(x, jax.tree.map(lambda a: a[n_stack], xs))
+      aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), aux, last_aux)
+    elif out_start:
+      x = x[:, out_start:]
     if cache is not None:
       cache = cache.append(new_kv[0], new_kv[1], attn_mask)
     return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), cache, aux

@@ -58,8 +58,8 @@ def response_hidden(model: nnx.Module, tokens: jax.Array, mask: jax.Array, r: in
   length = tokens.shape[1]
   if length <= r:
     raise ValueError(f"sequence length {length} must exceed the response length {r} (a prompt is needed)")
-  hidden, _ = model(tokens, attn_mask=mask)
-  return hidden[:, length - r - 1:length - 1]
+  hidden, _ = model(tokens, attn_mask=mask, out_start=length - r - 1)   # [B, R + 1, D]: last layer on these only
+  return hidden[:, :r]
 
 
 def _logits_fn(graphdef: nnx.GraphDef, params: Any) -> Callable[[jax.Array], jax.Array]:

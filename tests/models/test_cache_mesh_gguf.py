@@ -63,6 +63,32 @@ def test_unrolled_layers_equal_the_scan(preset, remat):
   np.testing.assert_allclose(np.asarray(h_loop), np.asarray(h_scan), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("preset,kw", [
+    ("tiny", {}), ("tiny", {"scan_layers": False, "remat": "full"}),
+    ("tiny", {"attn_block": 3, "attn_max_unrolled_blocks": 1}),  # the long-context scan over query blocks
+    ("tiny_moe", {})])
+def test_out_start_equals_slicing_the_full_forward(preset, kw):
+  """Running the last layer only for positions >= out_start gives those positions' hidden states and gradients."""
+  model = Transformer(ModelConfig.preset(preset, **kw), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(4)
+  toks = jnp.asarray(rng.integers(1, 512, (2, 11)), jnp.int32)
+  mask = jnp.asarray(np.arange(11)[None, :] >= np.array([[0], [4]]))  # second row left-padded by 4
+  full, _ = model(toks, None, mask)
+  for start in (1, 6, 10):
+    part, _ = model(toks, None, mask, out_start=start)
+    assert part.shape == (2, 11 - start, model.config.hidden_size)
+    np.testing.assert_allclose(np.asarray(part), np.asarray(full[:, start:]), rtol=1e-5, atol=1e-5)
+  weights = jnp.asarray(rng.standard_normal((2, 5, model.config.hidden_size)), jnp.float32)
+  g_full = nnx.grad(lambda m: jnp.sum(m(toks, None, mask)[0][:, 6:] * weights))(model)
+  g_part = nnx.grad(lambda m: jnp.sum(m(toks, None, mask, out_start=6)[0] * weights))(model)
+  for a, b in zip(jax.tree.leaves(g_part), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)
+  with pytest.raises(ValueError, match="out_start=11 must be in"):
+    model(toks, None, mask, out_start=11)
+  with pytest.raises(ValueError, match="out_start is for full forwards"):
+    model(toks[:, :3], None, mask[:, :3], KVCache.init(model.config, batch=2, max_len=8), out_start=1)
+
+
 def test_block_attention_equals_single_block():
   """Unrolled triangle-skipping blocks and the long-context scan path both equal one dense block."""
   toks = np.random.default_rng(2).integers(1, 512, (2, 37)).astype(np.int32)
