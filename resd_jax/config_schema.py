@@ -114,6 +114,14 @@ def check_model(cfg: Any) -> None:
   if m.tokenizer and not pathlib.Path(str(m.tokenizer)).expanduser().exists():
     raise ConfigError(f"model.tokenizer={str(m.tokenizer)!r} does not exist; point it at a tokenizer directory "
                       f"or leave it empty")
+  from resd_jax.models import config as mc
+  for key, allowed in (("param_dtype", mc.DTYPES), ("compute_dtype", mc.DTYPES), ("remat", mc.REMAT_MODES),
+                       ("attn_impl", mc.ATTN_IMPLS)):
+    if str(m[key]) not in allowed:
+      raise ConfigError(f"model.{key}={str(m[key])!r} is not one of {allowed}; fix --config.model.{key}")
+  if str(m.attn_impl) == "cudnn" and str(m.compute_dtype) == "float32":
+    raise ConfigError("model.attn_impl='cudnn' needs --config.model.compute_dtype=bfloat16 (or float16); "
+                      "or use attn_impl='auto'")
 
 
 # Tasks without a data generator need both paths.

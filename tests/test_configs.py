@@ -99,6 +99,13 @@ def test_missing_model_and_data_paths(tmp_path):
   c = load("manufactoria", "tiny")
   c.model.source, c.model.preset = "preset", "huge"
   _one_line_error(c, "model.preset='huge' is unknown")
+  for key, bad in (("remat", "fast"), ("attn_impl", "flash"), ("compute_dtype", "fp8")):
+    c = load("manufactoria", "tiny")
+    c.model[key] = bad
+    _one_line_error(c, rf"model.{key}='{bad}' is not one of .*--config.model.{key}")
+  c = load("manufactoria", "tiny")
+  c.model.attn_impl, c.model.compute_dtype = "cudnn", "float32"
+  _one_line_error(c, "attn_impl='cudnn' needs --config.model.compute_dtype=bfloat16")
 
 
 def test_typed_config_errors_are_one_line():

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-_DTYPES = ("float32", "bfloat16", "float16")
-_REMAT = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_MODES = ("none", "full", "dots")
+ATTN_IMPLS = ("auto", "blocked", "cudnn", "xla")
 _ARCHS = ("qwen3", "qwen3_moe", "qwen2", "llama")
 
 
@@ -51,6 +52,10 @@ class ModelConfig:
   compute_dtype: str = "float32"  # matmul inputs; accumulation is always float32
   attn_block: int = 256           # causal attention is computed in query blocks of this many rows
   attn_max_unrolled_blocks: int = 16  # more blocks than this (long contexts) run under a rematerialised scan
+  # Full-sequence attention: "blocked" (ours, above), "cudnn" (the fused flash kernel of NVIDIA GPUs, through
+  # jax.nn.dot_product_attention; bf16/fp16 compute), "xla" (jax.nn's reference, [T, T] scores; for tests),
+  # "auto" = cudnn on a GPU with bf16/fp16 compute, else blocked. Decoding with a KV cache is unaffected.
+  attn_impl: str = "auto"
   remat: str = "none"             # per-layer rematerialisation: none | full | dots
   scan_layers: bool = True        # layers under jax.lax.scan; False = a Python loop (compile time ~ depth)
 
@@ -66,9 +71,12 @@ class ModelConfig:
          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     need(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-    need(self.param_dtype in _DTYPES, f"param_dtype={self.param_dtype!r}; expected one of {_DTYPES}")
-    need(self.compute_dtype in _DTYPES, f"compute_dtype={self.compute_dtype!r}; expected one of {_DTYPES}")
-    need(self.remat in _REMAT, f"remat={self.remat!r}; expected one of {_REMAT}")
+    need(self.param_dtype in DTYPES, f"param_dtype={self.param_dtype!r}; expected one of {DTYPES}")
+    need(self.compute_dtype in DTYPES, f"compute_dtype={self.compute_dtype!r}; expected one of {DTYPES}")
+    need(self.remat in REMAT_MODES, f"remat={self.remat!r}; expected one of {REMAT_MODES}")
+    need(self.attn_impl in ATTN_IMPLS, f"attn_impl={self.attn_impl!r}; expected one of {ATTN_IMPLS}")
+    need(self.attn_impl != "cudnn" or self.compute_dtype != "float32",
+         "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)")
     if self.rope_scaling is not None:
       keys = dict(self.rope_scaling)
       want = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}

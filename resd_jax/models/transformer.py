@@ -110,6 +110,44 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
   return jnp.moveaxis(outs, 0, 1).reshape(b, n_blocks * block, h, dh)[:, :tq]
 
 
+def fused_causal_attention(q, k, v, kv_mask, *, impl: str, dtype, q_offset: int = 0) -> jax.Array:
+  """Causal self-attention through `jax.nn.dot_product_attention` (impl "cudnn": the fused flash kernel of
+  NVIDIA GPUs, which never materialises [T, T] scores; "xla": JAX's reference). Same arguments and result as
+  `causal_attention`.
+
+  Those kernels take a causal mask and right padding, while our rows are left-padded (and right-padded after
+  the response). So each row is rotated until its first real token sits at position 0, which moves all its
+  padding behind the real tokens where causality already hides it from every real query; the result is rotated
+  back. That is exact for rows whose kv_mask is one contiguous run of True, which is what `Batch` and the
+  sampler build; a row with interior holes (masked tokens between real ones) would attend to them, so such
+  masks need attn_impl="blocked". Outputs at padding positions are unspecified (finite) and never used.
+  With q_offset > 0 the queries are zero-padded in front to all T positions and the result sliced.
+  """
+  b, tq, h, dh = q.shape
+  t = k.shape[1]
+  if q_offset + tq != t:
+    raise ValueError(f"fused_causal_attention: {tq} queries from position {q_offset} do not end at the {t} keys")
+  if q_offset:
+    q = jnp.pad(q, ((0, 0), (q_offset, 0), (0, 0), (0, 0)))
+  shift = jnp.argmax(kv_mask, axis=1).astype(jnp.int32)                        # [B] leading padding
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+
+  def rotate(x, by):  # x [B, T, N, Dh]; out[b, i] = x[b, (i + by[b]) % T]
+    return jnp.take_along_axis(x, ((pos + by[:, None]) % t)[:, :, None, None], axis=1)
+
+  q, k, v = (rotate(x, shift).astype(dtype) for x in (q, k, v))
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)   # [B, T, H, Dh]
+  return rotate(out, -shift)[:, q_offset:].astype(_F32)
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+  """The full-sequence attention cfg.attn_impl resolves to on the default backend."""
+  if cfg.attn_impl != "auto":
+    return cfg.attn_impl
+  on_gpu = jax.default_backend() == "gpu"
+  return "cudnn" if on_gpu and cfg.compute_dtype in ("bfloat16", "float16") else "blocked"
+
+
 def cached_attention(q, k_new, v_new, new_mask, k_old, v_old, old_mask, *, dtype) -> jax.Array:
   """Attention of T new queries over the S cached keys plus the T new keys (causal among the new).
 
@@ -197,8 +235,12 @@ def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_m
     q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q, k = apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos, sin)
   if cache_kv is None:
-    a = causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd,
-                         max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start)
+    impl = attention_impl(cfg)
+    if impl == "blocked":
+      a = causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd,
+                           max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start)
+    else:
+      a = fused_causal_attention(q, k, v, attn_mask, impl=impl, dtype=cd, q_offset=q_start)
   else:
     if q_start:
       raise ValueError("decoder_layer: q_start is for full forwards, not for decoding with a cache")

@@ -1,0 +1,69 @@
+"""attn_impl: the fused-kernel attention (rows rotated so that left padding moves behind the real tokens) equals
+our blocked attention on padded batches. On CPU the fused path runs jax.nn's "xla" implementation; the GPU run
+of "cudnn" against "blocked" is bench/gpu_train_step.sh's parity check."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from resd_jax.models import ModelConfig, Transformer
+from resd_jax.models.transformer import attention_impl, causal_attention, fused_causal_attention
+
+# Rows: left- and right-padded, unpadded, all padding, right-padded only.
+_T = 13
+_MASK = np.zeros((4, _T), bool)
+_MASK[0, 3:10] = True
+_MASK[1, :] = True
+_MASK[3, :6] = True
+
+
+@pytest.mark.parametrize("q_offset", [0, 5])
+def test_fused_attention_equals_blocked_on_padded_rows(q_offset):
+  rng = np.random.default_rng(0)
+  b, h, kvh, dh = 4, 4, 2, 8
+  q = jnp.asarray(rng.standard_normal((b, _T - q_offset, h, dh)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((b, _T, kvh, dh)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(_MASK)
+  want = causal_attention(q, k, v, mask, block=4, dtype=jnp.float32, q_offset=q_offset)
+  got = fused_causal_attention(q, k, v, mask, impl="xla", dtype=jnp.float32, q_offset=q_offset)
+  real = _MASK[:, q_offset:]
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
+  assert np.isfinite(np.asarray(got)).all()
+  with pytest.raises(ValueError, match="do not end at the 13 keys"):
+    fused_causal_attention(q[:, 1:], k, v, mask, impl="xla", dtype=jnp.float32, q_offset=q_offset)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
+def test_model_with_fused_attention_equals_blocked(preset):
+  """Hidden states at real positions and parameter gradients of a loss on them, full and with out_start."""
+  blocked = Transformer(ModelConfig.preset(preset, attn_impl="blocked", attn_block=4), rngs=nnx.Rngs(0))
+  fused = Transformer(ModelConfig.preset(preset, attn_impl="xla"), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  toks = jnp.asarray(rng.integers(1, 512, _MASK.shape), jnp.int32)
+  mask = jnp.asarray(_MASK)
+  weights = jnp.asarray(rng.standard_normal((*_MASK.shape, blocked.config.hidden_size)), jnp.float32)
+  weights = weights * mask[..., None]  # the loss reads real positions only
+  for start in (0, 7):
+    hb, _ = blocked(toks, None, mask, out_start=start)
+    hf, _ = fused(toks, None, mask, out_start=start)
+    real = _MASK[:, start:]
+    np.testing.assert_allclose(np.asarray(hf)[real], np.asarray(hb)[real], rtol=1e-5, atol=1e-5)
+
+    def loss(m, start=start):
+      return jnp.sum(m(toks, None, mask, out_start=start)[0] * weights[:, start:])
+
+    gb, gf = nnx.grad(loss)(blocked), nnx.grad(loss)(fused)
+    for a, b in zip(jax.tree.leaves(gf), jax.tree.leaves(gb)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)
+
+
+def test_attn_impl_config():
+  assert attention_impl(ModelConfig.preset("tiny", compute_dtype="bfloat16")) == (
+      "cudnn" if jax.default_backend() == "gpu" else "blocked")
+  assert attention_impl(ModelConfig.preset("tiny", attn_impl="xla")) == "xla"
+  with pytest.raises(ValueError, match="attn_impl='flash'; expected one of"):
+    ModelConfig.preset("tiny", attn_impl="flash")
+  with pytest.raises(ValueError, match="attn_impl='cudnn' needs compute_dtype bfloat16 or float16"):
+    ModelConfig.preset("tiny", attn_impl="cudnn", compute_dtype="float32")
