@@ -118,9 +118,10 @@ def fused_causal_attention(q, k, v, kv_mask, *, impl: str, dtype, q_offset: int 
   Those kernels take a causal mask and right padding, while our rows are left-padded (and right-padded after
   the response). So each row is rotated until its first real token sits at position 0, which moves all its
   padding behind the real tokens where causality already hides it from every real query; the result is rotated
-  back. That is exact for rows whose kv_mask is one contiguous run of True, which is what `Batch` and the
-  sampler build; a row with interior holes (masked tokens between real ones) would attend to them, so such
-  masks need attn_impl="blocked". Outputs at padding positions are unspecified (finite) and never used.
+  back. That is exact for rows whose kv_mask is one contiguous run of True, which is what `Batch` builds
+  (left-padded prompt, response, right padding); a row with interior holes (masked tokens between real ones)
+  would attend to them, so such masks need attn_impl="blocked". Outputs at padding positions are unspecified
+  (finite) and never used. (The sampler's prefill and decode go through the KV cache's attention instead.)
   With q_offset > 0 the queries are zero-padded in front to all T positions and the result sliced.
   """
   b, tq, h, dh = q.shape
