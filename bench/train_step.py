@@ -1,9 +1,10 @@
 """One self-distillation train step: ours (JAX) vs an equivalent PyTorch `transformers` step, same run.
 
   python bench/train_step.py [--iters 3] [--compute_dtype bfloat16] [--layers loop|scan|both] [--skip_torch]
-  # on a GPU: Qwen3-1.7B shapes, 8k tokens per student sequence, MFU against the device's bf16 peak
-  python bench/train_step.py --preset qwen3_1p7b --batch 1 --prompt 4096 --teacher_prompt 6144 --response 4096 \
-      --layers scan --remat full --skip_torch
+  # on a GPU: Qwen3-1.7B shapes, 8k tokens per student sequence, MFU against the device's bf16 peak, PyTorch
+  # (bf16 autocast) on the same GPU; bench/gpu_train_step.sh runs this and the cuDNN attention parity check
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python bench/train_step.py --preset qwen3_1p7b --batch 1 --prompt 4096 \
+      --teacher_prompt 6144 --response 4096 --layers scan --remat full
 
 Setup (the issue's): `small` preset, B = 4, student prompt 256, teacher prompt 768, response 512, top-100 +
 tail support, reverse KL (alpha = 1), eps_min 0.2, frozen teacher copy, AdamW with global-norm clip. Random
@@ -21,6 +22,7 @@ on an accelerator, where MFU against the device's bf16 peak is printed too).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import sys
@@ -36,6 +38,7 @@ from resd_jax.context.batch import Batch  # noqa: E402
 from resd_jax.distill.losses import DistillConfig  # noqa: E402
 from resd_jax.distill.teacher import TeacherConfig  # noqa: E402
 from resd_jax.models import ModelConfig, Transformer  # noqa: E402
+from resd_jax.models.transformer import attention_impl  # noqa: E402
 from resd_jax.train import state as st  # noqa: E402
 from resd_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
 from resd_jax.train.step import StepConfig, make_sd_step  # noqa: E402
@@ -72,7 +75,7 @@ def peak_tflops(override: float) -> Optional[float]:
 
 def matmul_rate(dtype: str, n: int = 2048, iters: int = 5) -> float:
   """GFLOP/s of a jitted n x n x n matmul with `dtype` inputs and float32 accumulation."""
-  a = jnp.ones((n, n), dtype)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)  # random: an all-ones product runs faster on GPUs
   f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
   sec = _median_time(lambda: jax.block_until_ready(f(a, a)), iters)
   return 2 * n ** 3 / sec / 1e9
@@ -89,8 +92,9 @@ def make_batch(b: int, ps: int, pt: int, r: int, vocab: int) -> Batch:
 
 
 def ours(batch: Batch, preset: str, compute_dtype: str, iters: int, chunk: int, scan_layers: bool,
-         remat: str = "none") -> float:
-  cfg = ModelConfig.preset(preset, compute_dtype=compute_dtype, scan_layers=scan_layers, remat=remat)
+         remat: str = "none", attn_block: int = 0, attn_impl: str = "auto") -> float:
+  cfg = ModelConfig.preset(preset, compute_dtype=compute_dtype, scan_layers=scan_layers, remat=remat,
+                           attn_impl=attn_impl, **({"attn_block": attn_block} if attn_block else {}))
   graphdef, params = st.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
   step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=chunk),
                         teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5))
@@ -106,17 +110,21 @@ def ours(batch: Batch, preset: str, compute_dtype: str, iters: int, chunk: int, 
 
 
 def torch_step_time(batch: Batch, iters: int, autocast: bool = False, preset: str = "small") -> float:
-  """Median seconds of the PyTorch step; autocast=True runs both models' forward (and so the backward) under
-  torch.autocast(bfloat16), PyTorch's own mixed precision; the loss is computed in float32 either way."""
+  """Median seconds of the PyTorch step (on the GPU when torch sees one); autocast=True runs both models'
+  forward (and so the backward) under torch.autocast(bfloat16), PyTorch's own mixed precision; the loss is
+  computed in float32 either way."""
   import contextlib  # noqa: PLC0415
   import torch  # noqa: PLC0415
-  torch.set_num_threads(os.cpu_count() or 1)
-  student = torch_peer(preset).train()
-  teacher = torch_peer(preset).eval()
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  if dev == "cpu":
+    torch.set_num_threads(os.cpu_count() or 1)
+  with torch.device(dev):
+    student = torch_peer(preset).train()
+    teacher = torch_peer(preset).eval()
   teacher.load_state_dict(student.state_dict())
   opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=0.01)
-  s_tok = torch.tensor(batch.student_tokens, dtype=torch.long)
-  t_tok = torch.tensor(batch.teacher_tokens, dtype=torch.long)
+  s_tok = torch.tensor(batch.student_tokens, dtype=torch.long, device=dev)
+  t_tok = torch.tensor(batch.teacher_tokens, dtype=torch.long, device=dev)
   r = batch.response_tokens.shape[1]
   k, log_eps = 100, float(np.log(0.2))
 
@@ -126,7 +134,7 @@ def torch_step_time(batch: Batch, iters: int, autocast: bool = False, preset: st
     return torch.cat([head, tail], -1)
 
   def mixed():
-    return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    return torch.autocast(dev, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
 
   def run():
     with mixed():
@@ -145,8 +153,14 @@ def torch_step_time(batch: Batch, iters: int, autocast: bool = False, preset: st
     torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    if dev == "cuda":
+      torch.cuda.synchronize()
 
-  return _median_time(run, iters)
+  sec = _median_time(run, iters)
+  del student, teacher, opt
+  if dev == "cuda":
+    torch.cuda.empty_cache()  # hand the memory back before our step runs in the same process
+  return sec
 
 
 def main() -> None:
@@ -161,10 +175,18 @@ def main() -> None:
   ap.add_argument("--teacher_prompt", type=int, default=768)
   ap.add_argument("--response", type=int, default=512)
   ap.add_argument("--chunk", type=int, default=128)
+  ap.add_argument("--attn_block", type=int, default=0,
+                  help="our attention query-block rows (default: the preset's); blocks beyond "
+                       "attn_max_unrolled_blocks run in a scan without the causal-triangle skip")
   ap.add_argument("--compute_dtype", default="bfloat16", choices=("float32", "bfloat16"))
   ap.add_argument("--skip_torch", action="store_true")
+  ap.add_argument("--torch", default="auto", choices=("auto", "fp32", "bf16", "both"),
+                  help="which PyTorch steps: auto = both on CPU, bf16 autocast only on a GPU (fp32 there is "
+                       "not the fair peer)")
   ap.add_argument("--layers", default="both", choices=("loop", "scan", "both"),
                   help="our layer loop: Python loop (scan_layers=False), lax.scan, or time both")
+  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cudnn", "xla"),
+                  help="our full-sequence attention (ModelConfig.attn_impl; auto = cudnn on a GPU)")
   args = ap.parse_args()
   b, ps, pt, r = args.batch, args.prompt, args.teacher_prompt, args.response
   cfg = ModelConfig.preset(args.preset)
@@ -178,20 +200,41 @@ def main() -> None:
   mm = matmul_rate(args.compute_dtype, n=2048 if on_cpu else 8192)
   peak = None if on_cpu else peak_tflops(args.peak_tflops)
   print(f"jitted {2048 if on_cpu else 8192}^3 matmul ({args.compute_dtype} in, f32 acc): {mm:.1f} GFLOP/s")
+
+  def rates(sec: float) -> str:
+    mfu = f", MFU {flops / sec / 1e12 / peak:.1%} of {peak:.0f} TFLOP/s" if peak else ""
+    return f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate{mfu}"
+
+  wanted = {"auto": ("fp32", "bf16") if on_cpu else ("bf16",), "both": ("fp32", "bf16")}.get(args.torch, (args.torch,))
+  torch_modes = [] if args.skip_torch else [(name, autocast) for name, autocast, key in (
+      ("PyTorch fp32", False, "fp32"), ("PyTorch bf16 autocast", True, "bf16")) if key in wanted]
+  # On a GPU the PyTorch steps run first: they hand their memory back, which JAX (run without preallocation,
+  # see the docstring's command) would not.
+  torch_sec = {}
+  for name, autocast in ([] if on_cpu else torch_modes):
+    try:
+      torch_sec[name] = torch_step_time(batch, args.iters, autocast, args.preset)
+      print(f"transformers ({name}): {torch_sec[name]:.3f} s/step", flush=True)
+    except Exception as e:  # noqa: BLE001  (an out-of-memory peer must not cost our measurement)
+      print(f"transformers ({name}) failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+      import gc, torch  # noqa: E401, PLC0415
+      gc.collect()
+      torch.cuda.empty_cache()
+  torch_modes = [m for m in torch_modes if on_cpu or m[0] in torch_sec]
   ours_sec = {}
   for scan_layers in {"loop": [False], "scan": [True], "both": [False, True]}[args.layers]:
     name = "layers in a lax.scan" if scan_layers else "layers in a Python loop"
     sec = ours_sec[name] = ours(batch, args.preset, args.compute_dtype, args.iters, args.chunk, scan_layers,
-                                args.remat)
-    mfu = f", MFU {flops / sec / 1e12 / peak:.1%} of {peak:.0f} TFLOP/s" if peak else ""
-    print(f"ours ({args.compute_dtype} compute, {name}): {sec:.2f} s/step, {tokens / sec:.0f} tokens/s, "
-          f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate{mfu}")
-  if not args.skip_torch:
-    for name, autocast in (("PyTorch fp32", False), ("PyTorch bf16 autocast", True)):
-      tsec = torch_step_time(batch, args.iters, autocast, args.preset)
-      ratios = ", ".join(f"{tsec / sec:.2f}x ({layers})" for layers, sec in ours_sec.items())
-      print(f"transformers ({name}): {tsec:.2f} s/step, {tokens / tsec:.0f} tokens/s, "
-            f"{flops / tsec / 1e9:.1f} GFLOP/s; ratio ours / this: {ratios}")
+                                args.remat, args.attn_block, args.attn_impl)
+    impl = attention_impl(dataclasses.replace(cfg, attn_impl=args.attn_impl, compute_dtype=args.compute_dtype))
+    attn = f"blocked attention ({args.attn_block or cfg.attn_block} rows)" if impl == "blocked" else f"{impl} attention"
+    print(f"ours ({args.compute_dtype} compute, {name}, remat {args.remat}, {attn}): {sec:.3f} s/step, "
+          f"{tokens / sec:.0f} tokens/s, {rates(sec)}")
+  for name, autocast in torch_modes:
+    tsec = torch_sec[name] if name in torch_sec else torch_step_time(batch, args.iters, autocast, args.preset)
+    ratios = ", ".join(f"{tsec / sec:.2f}x ({layers})" for layers, sec in ours_sec.items())
+    print(f"transformers ({name}): {tsec:.3f} s/step, {tokens / tsec:.0f} tokens/s, {rates(tsec)}; "
+          f"ratio ours / this: {ratios}")
   print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
