@@ -112,9 +112,10 @@ def test_block_attention_equals_single_block():
     np.testing.assert_allclose(g, grads[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(2, 4), (8, 1)])
-def test_sharded_forward_equals_single_device(shape):
-  cfg = ModelConfig.preset("tiny", vocab_size=512, hidden_size=64, intermediate_size=128)
+@pytest.mark.parametrize("shape,attn_impl", [((2, 4), "blocked"), ((8, 1), "blocked"), ((2, 4), "xla")])
+def test_sharded_forward_equals_single_device(shape, attn_impl):
+  """attn_impl="xla" stands in for cudnn here: the same row rotation, on batch-sharded arrays."""
+  cfg = ModelConfig.preset("tiny", vocab_size=512, hidden_size=64, intermediate_size=128, attn_impl=attn_impl)
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   toks = jnp.asarray(np.random.default_rng(3).integers(1, 512, (8, 10)), jnp.int32)
   mask = jnp.ones(toks.shape, bool).at[0, :3].set(False)
