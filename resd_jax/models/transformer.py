@@ -136,7 +136,7 @@ def fused_causal_attention(q, k, v, kv_mask, *, impl: str, dtype, q_offset: int 
   def rotate(x, by):  # x [B, T, N, Dh]; out[b, i] = x[b, (i + by[b]) % T]
     return jnp.take_along_axis(x, ((pos + by[:, None]) % t)[:, :, None, None], axis=1)
 
-  q, k, v = (rotate(x, shift).astype(dtype) for x in (q, k, v))
+  q, k, v = (rotate(x.astype(dtype), shift) for x in (q, k, v))                # cast first: half the bytes moved
   out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)   # [B, T, H, Dh]
   return rotate(out, -shift)[:, q_offset:].astype(_F32)
 
