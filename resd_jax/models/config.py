@@ -54,7 +54,8 @@ class ModelConfig:
   attn_max_unrolled_blocks: int = 16  # more blocks than this (long contexts) run under a rematerialised scan
   # Full-sequence attention: "blocked" (ours, above), "cudnn" (the fused flash kernel of NVIDIA GPUs, through
   # jax.nn.dot_product_attention; bf16/fp16 compute), "xla" (jax.nn's reference, [T, T] scores; for tests),
-  # "auto" = cudnn on a GPU with bf16/fp16 compute, else blocked. Decoding with a KV cache is unaffected.
+  # "auto" = cudnn on an Ampere-or-newer NVIDIA GPU with bf16/fp16 compute, else blocked. Decoding with a KV
+  # cache is unaffected.
   attn_impl: str = "auto"
   remat: str = "none"             # per-layer rematerialisation: none | full | dots
   scan_layers: bool = True        # layers under jax.lax.scan; False = a Python loop (compile time ~ depth)

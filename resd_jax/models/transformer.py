@@ -188,12 +188,25 @@ def fused_causal_attention(q, k, v, kv_mask, *, impl: str, dtype, q_offset: int 
   return rotate(out, -shift)[:, q_offset:].astype(_F32)
 
 
+def cudnn_flash_supported(compute_capability: str | None, head_dim: int) -> bool:
+  """Whether cuDNN's fused attention takes this GPU and head size: an NVIDIA GPU of compute capability 8.0
+  (Ampere) or newer (None: not a CUDA device), head_dim a multiple of 8 up to 128 (256 from Hopper, 9.0)."""
+  try:
+    major, minor = (int(x) for x in str(compute_capability).split(".")[:2])
+  except ValueError:
+    return False
+  return (major, minor) >= (8, 0) and head_dim % 8 == 0 and head_dim <= (256 if major >= 9 else 128)
+
+
 def attention_impl(cfg: ModelConfig) -> str:
-  """The full-sequence attention cfg.attn_impl resolves to on the default backend."""
+  """The full-sequence attention cfg.attn_impl resolves to on the default backend: `auto` is cudnn on an
+  NVIDIA GPU that supports it (see cudnn_flash_supported) with bf16/fp16 compute, else blocked."""
   if cfg.attn_impl != "auto":
     return cfg.attn_impl
-  on_gpu = jax.default_backend() == "gpu"
-  return "cudnn" if on_gpu and cfg.compute_dtype in ("bfloat16", "float16") else "blocked"
+  if jax.default_backend() != "gpu" or cfg.compute_dtype not in ("bfloat16", "float16"):
+    return "blocked"
+  capability = getattr(jax.devices()[0], "compute_capability", None)
+  return "cudnn" if cudnn_flash_supported(capability, cfg.head_dim) else "blocked"
 
 
 def cached_attention(q, k_new, v_new, new_mask, k_old, v_old, old_mask, *, dtype) -> jax.Array:

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from resd_jax.models import ModelConfig, Transformer
-from resd_jax.models.transformer import attention_impl, causal_attention, fused_causal_attention
+from resd_jax.models.transformer import (attention_impl, causal_attention, cudnn_flash_supported,
+                                         fused_causal_attention)
 
 # Rows: left- and right-padded, unpadded, all padding, right-padded only.
 _T = 13
@@ -58,6 +59,15 @@ def test_model_with_fused_attention_equals_blocked(preset):
     gb, gf = nnx.grad(loss)(blocked), nnx.grad(loss)(fused)
     for a, b in zip(jax.tree.leaves(gf), jax.tree.leaves(gb)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)
+
+
+def test_auto_picks_cudnn_only_where_it_runs():
+  assert cudnn_flash_supported("9.0", 128) and cudnn_flash_supported("8.0", 128) and cudnn_flash_supported("9.0", 256)
+  assert not cudnn_flash_supported("7.5", 128)        # Turing (e.g. Colab's T4)
+  assert not cudnn_flash_supported("8.6", 256)        # head_dim > 128 before Hopper
+  assert not cudnn_flash_supported("9.0", 100)        # not a multiple of 8
+  assert not cudnn_flash_supported(None, 128)         # not a CUDA device (e.g. ROCm)
+  assert not cudnn_flash_supported("gfx90a", 128)
 
 
 def test_attn_impl_config():
