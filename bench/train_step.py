@@ -46,18 +46,18 @@ from resd_jax.train.step import StepConfig, make_sd_step  # noqa: E402
 from forward import _time as _median_time, torch_peer  # noqa: E402  (bench/forward.py: warm-up, then the median)
 
 
+def model_flops(cfg: ModelConfig, b: int, length: int) -> float:
+  """Matmul FLOPs of a forward over b sequences of `length` tokens, without the LM head: projections, MLP and
+  causal attention (QK^T and PV: 2 matmuls x 2 FLOPs x H x Dh x L^2 / 2)."""
+  d, h, k, dh, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+  per_token = 2 * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) * cfg.num_layers
+  return b * (per_token * length + 2 * h * dh * length * length * cfg.num_layers)
+
+
 def step_flops(cfg: ModelConfig, b: int, ls: int, lt: int, r: int) -> float:
   """Matmul FLOPs of one SD step: student fwd+bwd (x3 of forward), teacher forward, LM head on R positions."""
-  d, h, k, dh, f, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
-                       cfg.vocab_size)
-  per_token = 2 * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) * cfg.num_layers   # projections + MLP
-
-  def attn(length):  # causal QK^T and PV: 2 matmuls x 2 FLOPs x H x Dh x L^2 / 2
-    return 2 * 2 * h * dh * length * length / 2 * cfg.num_layers
-
-  fwd_student = b * (per_token * ls + attn(ls)) + 2 * b * r * d * v
-  fwd_teacher = b * (per_token * lt + attn(lt)) + 2 * b * r * d * v
-  return 3 * fwd_student + fwd_teacher
+  head = 2 * b * r * cfg.hidden_size * cfg.vocab_size
+  return 3 * (model_flops(cfg, b, ls) + head) + model_flops(cfg, b, lt) + head
 
 
 # Dense bf16 peak of accelerators by `device_kind` prefix, TFLOP/s (vendor figures, without sparsity).

@@ -24,7 +24,7 @@ from resd_jax.train import state as st  # noqa: E402
 from resd_jax.train.step import response_hidden  # noqa: E402
 
 from forward import _time as _median_time  # noqa: E402
-from train_step import make_batch, matmul_rate  # noqa: E402
+from train_step import make_batch, matmul_rate, model_flops  # noqa: E402
 
 
 def main() -> None:
@@ -65,20 +65,14 @@ def main() -> None:
 
   loss_grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
 
-  d, h, k, dh, f, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
-                       cfg.vocab_size)
-  per_token = 2 * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) * cfg.num_layers
-
-  def fwd_flops(length):
-    return b * (per_token * length + 2 * h * dh * length * length * cfg.num_layers)
-
   mm = matmul_rate(args.compute_dtype)
   print(f"{args.preset} preset, B={b}, student {args.prompt}+{r}, teacher {args.teacher_prompt}+{r}, layers in a "
         f"{'lax.scan' if args.layers == 'scan' else 'Python loop'}; jitted 2048^3 matmul {mm:.1f} GFLOP/s")
-  parts = (("student forward", lambda: student(params), fwd_flops(args.prompt + r)),
-           ("teacher forward", lambda: teacher(params), fwd_flops(args.teacher_prompt + r)),
-           ("student forward + backward", lambda: student_grad(params), 3 * fwd_flops(args.prompt + r)),
-           ("fused loss + gradients", lambda: loss_grad(params, h_s, h_t), 4 * 2 * b * r * d * v))
+  student_flops, teacher_flops = model_flops(cfg, b, args.prompt + r), model_flops(cfg, b, args.teacher_prompt + r)
+  parts = (("student forward", lambda: student(params), student_flops),
+           ("teacher forward", lambda: teacher(params), teacher_flops),
+           ("student forward + backward", lambda: student_grad(params), 3 * student_flops),
+           ("fused loss + gradients", lambda: loss_grad(params, h_s, h_t), 4 * 2 * b * r * cfg.hidden_size * cfg.vocab_size))
   for name, fn, flops in parts:
     sec = _median_time(lambda fn=fn: jax.block_until_ready(fn()), args.iters)
     print(f"{name}: {sec:.3f} s, {flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / 1e9 / mm:.0%} of the matmul rate")
