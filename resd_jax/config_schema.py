@@ -115,8 +115,7 @@ def check_model(cfg: Any) -> None:
     raise ConfigError(f"model.tokenizer={str(m.tokenizer)!r} does not exist; point it at a tokenizer directory "
                       f"or leave it empty")
   from resd_jax.models import config as mc
-  for key, allowed in (("param_dtype", mc.DTYPES), ("compute_dtype", mc.DTYPES), ("remat", mc.REMAT_MODES),
-                       ("attn_impl", mc.ATTN_IMPLS)):
+  for key, allowed in mc.NUMERICS_CHOICES.items():
     if str(m[key]) not in allowed:
       raise ConfigError(f"model.{key}={str(m[key])!r} is not one of {allowed}; fix --config.model.{key}")
   if str(m.attn_impl) == "cudnn" and str(m.compute_dtype) == "float32":

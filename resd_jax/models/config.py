@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT_MODES = ("none", "full", "dots")
-ATTN_IMPLS = ("auto", "blocked", "cudnn", "xla")
+_DTYPES = ("float32", "bfloat16", "float16")
+_REMAT = ("none", "full", "dots")
+_ATTN = ("auto", "blocked", "cudnn", "xla")
+# The allowed values of the numerics fields, checked here and by the run config (resd_jax/config_schema.py).
+NUMERICS_CHOICES = {"param_dtype": _DTYPES, "compute_dtype": _DTYPES, "remat": _REMAT, "attn_impl": _ATTN}
 _ARCHS = ("qwen3", "qwen3_moe", "qwen2", "llama")
 
 
@@ -72,10 +74,8 @@ class ModelConfig:
          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     need(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-    need(self.param_dtype in DTYPES, f"param_dtype={self.param_dtype!r}; expected one of {DTYPES}")
-    need(self.compute_dtype in DTYPES, f"compute_dtype={self.compute_dtype!r}; expected one of {DTYPES}")
-    need(self.remat in REMAT_MODES, f"remat={self.remat!r}; expected one of {REMAT_MODES}")
-    need(self.attn_impl in ATTN_IMPLS, f"attn_impl={self.attn_impl!r}; expected one of {ATTN_IMPLS}")
+    for name, allowed in NUMERICS_CHOICES.items():
+      need(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     need(self.attn_impl != "cudnn" or self.compute_dtype != "float32",
          "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)")
     if self.rope_scaling is not None:
