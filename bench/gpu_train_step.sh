@@ -5,15 +5,8 @@
 # 2. The SD train step for a Qwen3-1.7B-shaped random model with 8k-token student sequences (4096 prompt +
 #    4096 response; teacher 6144 + 4096), MFU against the device's bf16 peak, next to the same step in PyTorch
 #    `transformers` (bf16 autocast, SDPA attention) on the same GPU; then without remat.
-set -o pipefail
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-log=$out/train_step_gpu.txt
-py=${PYTHON:-python3}
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  $py -c "import jax, flax, optax, torch, transformers as t; print('jax', jax.__version__, 'flax', flax.__version__,
-'optax', optax.__version__, 'torch', torch.__version__, 'transformers', t.__version__, jax.devices())"; } 2>&1 | tee -a "$log"
+log=train_step_gpu.txt
+source "$(dirname "$0")/gpu_common.sh"
 timeout 120 $py bench/gpu_attention_parity.py 2>&1 | tee -a "$log" || exit 1
 big=(--preset qwen3_1p7b --batch 1 --prompt 4096 --teacher_prompt 6144 --response 4096 --layers scan --iters 5)
 timeout 150 $py bench/train_step.py "${big[@]}" --remat full 2>&1 | tee -a "$log"

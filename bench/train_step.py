@@ -91,16 +91,22 @@ def make_batch(b: int, ps: int, pt: int, r: int, vocab: int) -> Batch:
                np.zeros((b, r), np.float32))
 
 
-def ours(batch: Batch, preset: str, compute_dtype: str, iters: int, chunk: int, scan_layers: bool,
-         remat: str = "none", attn_block: int = 0, attn_impl: str = "auto") -> float:
+def build_ours(batch: Batch, preset: str, compute_dtype: str, chunk: int, scan_layers: bool,
+               remat: str = "none", attn_block: int = 0, attn_impl: str = "auto"):
+  """(step, initial state, device batch) of our SD step: top-100 + tail, reverse KL, frozen teacher, AdamW."""
   cfg = ModelConfig.preset(preset, compute_dtype=compute_dtype, scan_layers=scan_layers, remat=remat,
                            attn_impl=attn_impl, **({"attn_block": attn_block} if attn_block else {}))
   graphdef, params = st.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
   step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=chunk),
                         teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5))
-  step = make_sd_step(graphdef, step_cfg)
-  holder = [st.init_train_state(params, make_optimizer(step_cfg.optim), step_cfg.teacher)]
-  batch = jax.tree.map(jnp.asarray, batch)
+  state = st.init_train_state(params, make_optimizer(step_cfg.optim), step_cfg.teacher)
+  return make_sd_step(graphdef, step_cfg), state, jax.tree.map(jnp.asarray, batch)
+
+
+def ours(batch: Batch, preset: str, compute_dtype: str, iters: int, chunk: int, scan_layers: bool,
+         remat: str = "none", attn_block: int = 0, attn_impl: str = "auto") -> float:
+  step, state, batch = build_ours(batch, preset, compute_dtype, chunk, scan_layers, remat, attn_block, attn_impl)
+  holder = [state]
 
   def run():
     holder[0], m = step(holder[0], batch)

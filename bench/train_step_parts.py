@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from resd_jax.distill import losses  # noqa: E402
 from resd_jax.models import ModelConfig, Transformer  # noqa: E402
 from resd_jax.train import state as st  # noqa: E402
-from resd_jax.train.step import response_hidden  # noqa: E402
+from resd_jax.train.step import head_in_compute_dtype, response_hidden, teacher_head_fn  # noqa: E402
 
 from forward import _time as _median_time  # noqa: E402
 from train_step import make_batch, matmul_rate, model_flops  # noqa: E402
@@ -57,10 +57,11 @@ def main() -> None:
   dcfg = losses.DistillConfig(top_k=100, alpha=1.0, chunk_size=args.chunk)
   coef = jnp.full((b, r), 1.0 / (b * r), jnp.float32)
 
-  def loss(p, h_s, h_t):
-    m = nnx.merge(graphdef, p)
-    total, _ = losses.fused_weighted_loss(m.logits_with, m.head_weight(), h_s, lambda hs: m.logits(hs[0]), [h_t],
-                                          batch.response_tokens, coef, batch.rollout_logprobs, dcfg)
+  def loss(p, h_s, h_t):  # as in train.step.sd_loss: weights cast to the compute dtype once, not per chunk
+    m, teacher_head = nnx.merge(graphdef, p), teacher_head_fn(graphdef, p)
+    total, _ = losses.fused_weighted_loss(m.logits_with, m.head_weight(), h_s, lambda hs: teacher_head(hs[0]),
+                                          [h_t], batch.response_tokens, coef, batch.rollout_logprobs, dcfg,
+                                          head_cast=jax.lax.stop_gradient(head_in_compute_dtype(m)))
     return total
 
   loss_grad = jax.jit(jax.grad(loss, argnums=(0, 1)))

@@ -95,13 +95,49 @@ def _einsum_bwd(eq, dtype, batched, res, ct):
 _einsum_with_vjp.defvjp(_einsum_fwd, _einsum_bwd)
 
 
-def mixed_einsum(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False) -> jax.Array:
+# The same product when the caller already holds w in the compute dtype (w_cast): both directions use w_cast, and
+# w's gradient still comes back in w's own dtype (it never needs w's values). Inside a loop that runs the
+# product many times over one weight (the loss's chunk scan over the LM head), this saves casting the weight in
+# every iteration, forward and backward: XLA did not hoist those casts out of the loop.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _einsum_precast_with_vjp(eq: str, dtype, batched: bool, w_dtype, x: jax.Array, w: jax.Array,
+                             w_cast: jax.Array) -> jax.Array:
+  del w
+  return _matmul(eq, x.astype(dtype), w_cast, batched)
+
+
+def _einsum_precast_fwd(eq, dtype, batched, w_dtype, x, w, w_cast):
+  del w
+  return _matmul(eq, x.astype(dtype), w_cast, batched), (x, w_cast)
+
+
+def _einsum_precast_bwd(eq, dtype, batched, w_dtype, res, ct):
+  x, wc = res
+  a, b, out = _operands(eq)
+  ct = ct.astype(dtype)
+  dx = _matmul(f"{out},{b}->{a}", ct, wc, batched)
+  dw = _matmul(f"{a},{out}->{b}", x.astype(dtype), ct, batched)
+  return dx.astype(x.dtype), dw.astype(w_dtype), None
+
+
+_einsum_precast_with_vjp.defvjp(_einsum_precast_fwd, _einsum_precast_bwd)
+
+
+def mixed_einsum(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False,
+                 w_cast: jax.Array | None = None) -> jax.Array:
   """einsum with inputs in `dtype` and float32 accumulation/output, and a `dtype` backward (see the module doc).
 
   batched=True: run every matmul (forward and backward) through `batched_matmul_einsum`. float64: plain einsum.
+  w_cast: optional `w.astype(dtype)` computed once by the caller; the result and both gradients are the same,
+  without casting w here (w still receives the gradient, in its own dtype).
   """
   dtype = jnp.dtype(dtype)
+  if w_cast is not None and (w_cast.shape != w.shape or w_cast.dtype != dtype):
+    raise ValueError(f"mixed_einsum: w_cast must be w.astype({dtype.name}), shape {w.shape}; got "
+                     f"{w_cast.dtype} {w_cast.shape}")
   if dtype.itemsize > 4:
     return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=_F32)
   _operands(eq)  # validate at trace time, not first in the backward
+  if w_cast is not None:
+    return _einsum_precast_with_vjp(eq, dtype, batched, jnp.dtype(w.dtype), x, w, w_cast)
   return _einsum_with_vjp(eq, dtype, batched, x, w)

@@ -29,9 +29,9 @@ _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 _F32 = jnp.float32
 
 
-def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False) -> jax.Array:
+def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False, w_cast=None) -> jax.Array:
   """einsum with inputs in the compute dtype and float32 accumulation/output (backward too: see matmul.py)."""
-  return mixed_einsum(eq, x, w, dtype, batched)
+  return mixed_einsum(eq, x, w, dtype, batched, w_cast)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -94,13 +94,12 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
   def one_block(qb, start, key_len):
     rows = start + jnp.arange(qb.shape[1])
     allowed = rows[:, None] >= jnp.arange(key_len)[None, :]                    # [tb, key_len]
+    allowed = (allowed[None] & kv_mask[:, None, :key_len])[:, None, :, None]  # [B, 1, tb, 1, key_len]
     if jnp.dtype(dtype).itemsize <= 4:
-      allowed = (allowed[None] & kv_mask[:, None, :key_len])[:, None, None]   # [B, 1, 1, tb, key_len]
       return _block_softmax_attention(qb, k[:, :key_len], v[:, :key_len], allowed, jnp.dtype(dtype))
-    s = _dot("btkgd,bskd->bkgts", qb, k[:, :key_len], dtype, batched=True)     # [B, KVH, G, tb, key_len]
-    allowed = allowed[None, None, None] & kv_mask[:, None, None, None, :key_len]
+    s = _dot("btkgd,bskd->bktgs", qb, k[:, :key_len], dtype, batched=True)     # [B, KVH, tb, G, key_len]
     p = jax.nn.softmax(jnp.where(allowed, s, _NEG), axis=-1)
-    return _dot("bkgts,bskd->btkgd", p, v[:, :key_len], dtype, batched=True)   # [B, tb, KVH, G, Dh]
+    return _dot("bktgs,bskd->btkgd", p, v[:, :key_len], dtype, batched=True)   # [B, tb, KVH, G, Dh]
 
   if n_blocks <= max_unrolled_blocks:
     outs = [one_block(q[:, i:min(tq, i + block)], q_offset + i, q_offset + min(tq, i + block))
@@ -123,19 +122,23 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
 # runs, which kept the forward as fast as before.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _block_softmax_attention(q, k, v, allowed, dtype):
-  """q [B, tb, KVH, G, Dh] (pre-scaled), k/v [B, S, KVH, Dh], allowed [B, 1, 1, tb, S] bool -> [B, tb, KVH, G, Dh]."""
-  s = batched_matmul_einsum("btkgd,bskd->bkgts", q.astype(dtype), k.astype(dtype))   # [B, KVH, G, tb, S] f32
+  """q [B, tb, KVH, G, Dh] (pre-scaled), k/v [B, S, KVH, Dh], allowed [B, 1, tb, 1, S] bool -> [B, tb, KVH, G, Dh].
+
+  Scores are laid out [B, KVH, tb, G, S]: the order in which the batched matmul of q [B, tb, KVH, G, Dh] by k
+  produces them, so no score-sized transpose is needed on the way in or out (see the module's batched matmul).
+  """
+  s = batched_matmul_einsum("btkgd,bskd->bktgs", q.astype(dtype), k.astype(dtype))   # [B, KVH, tb, G, S] f32
   p = jax.nn.softmax(jnp.where(allowed, s, _NEG), axis=-1)
-  return batched_matmul_einsum("bkgts,bskd->btkgd", p.astype(dtype), v.astype(dtype))
+  return batched_matmul_einsum("bktgs,bskd->btkgd", p.astype(dtype), v.astype(dtype))
 
 
 def _block_attention_fwd(q, k, v, allowed, dtype):
-  s = batched_matmul_einsum("btkgd,bskd->bkgts", q.astype(dtype), k.astype(dtype))
+  s = batched_matmul_einsum("btkgd,bskd->bktgs", q.astype(dtype), k.astype(dtype))
   s = jnp.where(allowed, s, _NEG)
-  m = jnp.max(s, axis=-1, keepdims=True)                                          # [B, KVH, G, tb, 1]
+  m = jnp.max(s, axis=-1, keepdims=True)                                          # [B, KVH, tb, G, 1]
   e = jnp.exp(s - m)
   denom = jnp.sum(e, axis=-1, keepdims=True)
-  out = batched_matmul_einsum("bkgts,bskd->btkgd", e.astype(dtype), v.astype(dtype)) / jnp.moveaxis(denom, 3, 1)
+  out = batched_matmul_einsum("bktgs,bskd->btkgd", e.astype(dtype), v.astype(dtype)) / jnp.moveaxis(denom, 1, 2)
   # The row max and 1/denominator rather than their log-sum-exp: for an all-padding row (every score _NEG)
   # m + log(denom) would round back to _NEG and the recomputed probabilities would be 1 instead of 1/S.
   return out, (q, k, v, allowed, out, m, 1.0 / denom)
@@ -144,14 +147,16 @@ def _block_attention_fwd(q, k, v, allowed, dtype):
 def _block_attention_bwd(dtype, res, g):
   q, k, v, allowed, out, m, inv_denom = res
   qc, kc, vc, gc = q.astype(dtype), k.astype(dtype), v.astype(dtype), g.astype(dtype)
-  s = jnp.where(allowed, batched_matmul_einsum("btkgd,bskd->bkgts", qc, kc), _NEG)
-  p = jnp.exp(s - m) * inv_denom                                                  # [B, KVH, G, tb, S]
-  dp = batched_matmul_einsum("btkgd,bskd->bkgts", gc, vc)
-  row = jnp.moveaxis(jnp.sum(g * out, axis=-1), 1, 3)[..., None]                   # [B, KVH, G, tb, 1]
+  s = jnp.where(allowed, batched_matmul_einsum("btkgd,bskd->bktgs", qc, kc), _NEG)
+  p = jnp.exp(s - m) * inv_denom                                                  # [B, KVH, tb, G, S]
+  dp = batched_matmul_einsum("btkgd,bskd->bktgs", gc, vc)
+  row = jnp.moveaxis(jnp.sum(g * out, axis=-1), 1, 2)[..., None]                   # [B, KVH, tb, G, 1]
   ds = (p * (dp - row)).astype(dtype)
-  dq = batched_matmul_einsum("bkgts,bskd->btkgd", ds, kc)
-  dk = batched_matmul_einsum("bkgts,btkgd->bskd", ds, qc)
-  dv = batched_matmul_einsum("bkgts,btkgd->bskd", p.astype(dtype), gc)
+  dq = batched_matmul_einsum("bktgs,bskd->btkgd", ds, kc)
+  # dk and dv with the [B, KVH, tb, G, S] operand on the right: the matmul then reads it as laid out, and only
+  # the small [.., Dh] operands are transposed.
+  dk = batched_matmul_einsum("btkgd,bktgs->bskd", qc, ds)
+  dv = batched_matmul_einsum("btkgd,bktgs->bskd", gc, p.astype(dtype))
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
@@ -281,7 +286,33 @@ def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_m
 
   q_start > 0 (no cache): keys and values from all T positions, everything else (queries, attention output,
   MLP) only for positions q_start..T-1, so the returned x is [B, T - q_start, D].
+
+  Named scopes (`qkv`, `attention`, `attn_out`, `mlp`) label the ops in profiles (bench/profile_step.py).
   """
+  cd = jnp.dtype(cfg.compute_dtype)
+  with jax.named_scope("qkv"):
+    q, k, v, x = _qkv(cfg, p, x, cos, sin, q_start)
+  with jax.named_scope("attention"):
+    a = _attend(cfg, q, k, v, attn_mask, cache_kv, q_start)
+  with jax.named_scope("attn_out"):
+    x = x + _dot("bthk,hkd->btd", a, p["o"], cd)
+    x = shd.constrain(x, ("batch", None, None))
+  with jax.named_scope("mlp"):
+    h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    aux = {}
+    if cfg.num_experts:
+      from resd_jax.models import moe  # noqa: PLC0415
+      y, aux = moe.moe_mlp(cfg, p, h, attn_mask[:, q_start:])
+    else:
+      g = _dot("btd,df->btf", h, p["gate"], cd)
+      u = _dot("btd,df->btf", h, p["up"], cd)
+      y = _dot("btf,fd->btd", jax.nn.silu(g) * u, p["down"], cd)
+    x = shd.constrain(x + y, ("batch", None, None))
+  return x, (k, v), aux
+
+
+def _qkv(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_start: int):
+  """Normed, projected, rotated q [B, Tq, H, Dh] and k, v [B, T, KVH, Dh], and x cut to the query rows."""
   cd = jnp.dtype(cfg.compute_dtype)
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
   if q_start:
@@ -296,31 +327,22 @@ def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_m
   if cfg.qk_norm:
     q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q, k = apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos, sin)
+  return q, k, v, x
+
+
+def _attend(cfg: ModelConfig, q, k, v, attn_mask, cache_kv, q_start: int):
+  """Causal attention of q over k, v (and a cache's keys and values when given): [B, Tq, H, Dh] float32."""
+  cd = jnp.dtype(cfg.compute_dtype)
   if cache_kv is None:
     impl = attention_impl(cfg)
     if impl == "blocked":
-      a = causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd,
-                           max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start)
-    else:
-      a = fused_causal_attention(q, k, v, attn_mask, impl=impl, dtype=cd, q_offset=q_start)
-  else:
-    if q_start:
-      raise ValueError("decoder_layer: q_start is for full forwards, not for decoding with a cache")
-    k_old, v_old, old_mask = cache_kv
-    a = cached_attention(q, k, v, attn_mask, k_old, v_old, old_mask, dtype=cd)
-  x = x + _dot("bthk,hkd->btd", a, p["o"], cd)
-  x = shd.constrain(x, ("batch", None, None))
-  h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-  aux = {}
-  if cfg.num_experts:
-    from resd_jax.models import moe  # noqa: PLC0415
-    y, aux = moe.moe_mlp(cfg, p, h, attn_mask[:, q_start:])
-  else:
-    g = _dot("btd,df->btf", h, p["gate"], cd)
-    u = _dot("btd,df->btf", h, p["up"], cd)
-    y = _dot("btf,fd->btd", jax.nn.silu(g) * u, p["down"], cd)
-  x = shd.constrain(x + y, ("batch", None, None))
-  return x, (k, v), aux
+      return causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd,
+                              max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start)
+    return fused_causal_attention(q, k, v, attn_mask, impl=impl, dtype=cd, q_offset=q_start)
+  if q_start:
+    raise ValueError("decoder_layer: q_start is for full forwards, not for decoding with a cache")
+  k_old, v_old, old_mask = cache_kv
+  return cached_attention(q, k, v, attn_mask, k_old, v_old, old_mask, dtype=cd)
 
 
 def unrolled_layers(body, x, xs, num_layers: int):
@@ -420,10 +442,15 @@ class Transformer(nnx.Module):
     """The output projection's weights: `lm_head` [D, V], or `embed` [V, D] when the embeddings are tied."""
     return self.embed[...] if self.config.tie_embeddings else self.lm_head[...]
 
-  def logits_with(self, head: jax.Array, hidden: jax.Array) -> jax.Array:
-    """Logits [..., V] of hidden [..., D] under output weights `head` (shaped like `head_weight()`)."""
+  def logits_with(self, head: jax.Array, hidden: jax.Array, head_cast: jax.Array | None = None) -> jax.Array:
+    """Logits [..., V] of hidden [..., D] under output weights `head` (shaped like `head_weight()`).
+
+    head_cast: optional `head.astype(compute_dtype)`, cast once by a caller that calls this many times (the
+    loss's chunk scan); same values and gradients (into `head`), without a cast of the weights per call.
+    """
     cd = jnp.dtype(self.config.compute_dtype)
-    return _dot("...d,vd->...v" if self.config.tie_embeddings else "...d,dv->...v", hidden, head, cd)
+    eq = "...d,vd->...v" if self.config.tie_embeddings else "...d,dv->...v"
+    return _dot(eq, hidden, head, cd, w_cast=head_cast)
 
 
 def param_axes(model_or_state: Any) -> Any:

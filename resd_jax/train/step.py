@@ -66,6 +66,20 @@ def _logits_fn(graphdef: nnx.GraphDef, params: Any) -> Callable[[jax.Array], jax
   return lambda h: nnx.merge(graphdef, params).logits(h)
 
 
+def teacher_head_fn(graphdef: nnx.GraphDef, params: Any) -> Callable[[jax.Array], jax.Array]:
+  """Stop-gradient logits of one teacher part, its output weights cast to the compute dtype once (not per chunk)."""
+  model = nnx.merge(graphdef, params)
+  head = jax.lax.stop_gradient(model.head_weight())
+  head_cast = head.astype(model.config.compute_dtype)
+  return lambda h: jax.lax.stop_gradient(model.logits_with(head, h, head_cast))
+
+
+def head_in_compute_dtype(model: nnx.Module) -> Any:
+  """The model's output weights in its compute dtype, or None where matmuls do not cast (float64)."""
+  cd = jnp.dtype(model.config.compute_dtype)
+  return model.head_weight().astype(cd) if cd.itemsize <= 4 else None
+
+
 def _sum_count(total, count) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(total, jnp.float32), jnp.asarray(count, jnp.float32)
 
@@ -80,26 +94,32 @@ def sd_loss(graphdef: nnx.GraphDef, params: Any, parts: list[tuple[Any, float]],
   dcfg = cfg.distill
   r = batch.response_tokens.shape[1]
   student = nnx.merge(graphdef, params)
-  h_s = response_hidden(student, batch.student_tokens, batch.student_mask, r)            # [B, R, D]
-  h_t = [jax.lax.stop_gradient(response_hidden(nnx.merge(graphdef, p), batch.teacher_tokens, batch.teacher_mask, r))
-         for p, _ in parts]                                                                 # each [B, R, D]
-  heads = [(_logits_fn(graphdef, p), c) for p, c in parts]
+  with jax.named_scope("student"):
+    h_s = response_hidden(student, batch.student_tokens, batch.student_mask, r)          # [B, R, D]
+  with jax.named_scope("teacher"):
+    h_t = [jax.lax.stop_gradient(response_hidden(nnx.merge(graphdef, p), batch.teacher_tokens, batch.teacher_mask,
+                                                 r)) for p, _ in parts]                     # each [B, R, D]
+  heads = [(teacher_head_fn(graphdef, p), c) for p, c in parts]
 
   def teacher_logits(hs):
     return sum(c * head(h) for (head, c), h in zip(heads, hs))
 
-  if cfg.fused_loss:
-    mask = losses.token_mask(batch.response_mask, batch.sd_mask)                                    # [B, R]
-    scale, count = losses.aggregation_scale(mask, dcfg.aggregation)
-    coef = scale * batch.sample_weight.astype(jnp.float32)[:, None]                                 # [B, R]
-    total, terms = losses.fused_weighted_loss(student.logits_with, student.head_weight(), h_s, teacher_logits, h_t,
-                                              batch.response_tokens, coef, batch.rollout_logprobs, dcfg)
-  else:
-    terms = losses.chunked_token_terms(_logits_fn(graphdef, params), teacher_logits, h_s, h_t,
-                                       batch.response_tokens, dcfg, remat=cfg.remat_loss)      # each [B, R]
-    mask, weight = losses.token_weights(terms["logp"], batch.response_mask, batch.sd_mask, batch.sample_weight,
-                                        batch.rollout_logprobs, dcfg)
-    total, count = losses.aggregate(terms["loss"], mask, weight, dcfg.aggregation)
+  with jax.named_scope("sd_loss"):
+    if cfg.fused_loss:
+      mask = losses.token_mask(batch.response_mask, batch.sd_mask)                                    # [B, R]
+      scale, count = losses.aggregation_scale(mask, dcfg.aggregation)
+      coef = scale * batch.sample_weight.astype(jnp.float32)[:, None]                                 # [B, R]
+      head = student.head_weight()
+      head_cast = jax.lax.stop_gradient(head_in_compute_dtype(student))  # its gradient reaches `head` (matmul.py)
+      total, terms = losses.fused_weighted_loss(student.logits_with, head, h_s, teacher_logits, h_t,
+                                                batch.response_tokens, coef, batch.rollout_logprobs, dcfg,
+                                                head_cast=head_cast)
+    else:
+      terms = losses.chunked_token_terms(_logits_fn(graphdef, params), teacher_logits, h_s, h_t,
+                                         batch.response_tokens, dcfg, remat=cfg.remat_loss)      # each [B, R]
+      mask, weight = losses.token_weights(terms["logp"], batch.response_mask, batch.sd_mask, batch.sample_weight,
+                                          batch.rollout_logprobs, dcfg)
+      total, count = losses.aggregate(terms["loss"], mask, weight, dcfg.aggregation)
   n_tok = jnp.sum(mask)
   has_response = (jnp.sum(batch.response_mask, axis=-1) > 0).astype(jnp.float32)         # [B]
   metrics = {
@@ -259,7 +279,8 @@ def make_sd_step(graphdef: nnx.GraphDef, cfg: StepConfig, mesh: Any = None, rule
     parts = teacher_lib.teacher_parts(state.teacher, state.params, cfg.teacher)
     loss_fn = lambda params, micro: sd_loss(graphdef, params, parts, micro, cfg)  # noqa: E731
     grads, total, count, metrics = accumulate(loss_fn, state.params, batch, cfg.micro_batches)
-    state, update_metrics = apply_gradients(state, grads, total, count, optimizer, schedule, cfg.teacher)
+    with jax.named_scope("optimizer"):
+      state, update_metrics = apply_gradients(state, grads, total, count, optimizer, schedule, cfg.teacher)
     return state, {**metrics, **update_metrics}
 
   return JittedStep(step, mesh, rules)
@@ -287,7 +308,8 @@ def make_grpo_step(graphdef: nnx.GraphDef, cfg: StepConfig, mesh: Any = None, ru
   def step(state: TrainState, batch: GRPOBatch) -> tuple[TrainState, Metrics]:
     loss_fn = lambda params, micro: grpo_loss(graphdef, params, micro, cfg)  # noqa: E731
     grads, total, count, metrics = accumulate(loss_fn, state.params, batch, cfg.micro_batches)
-    state, update_metrics = apply_gradients(state, grads, total, count, optimizer, schedule, None)
+    with jax.named_scope("optimizer"):
+      state, update_metrics = apply_gradients(state, grads, total, count, optimizer, schedule, None)
     return state, {**metrics, **update_metrics}
 
   return JittedStep(step, mesh, rules)

@@ -218,6 +218,30 @@ def test_top_k_membership_is_the_set_top_k_returned(kind):
                                 np.take_along_axis(want, np.asarray(at), axis=-1))
 
 
+@pytest.mark.parametrize("kind", ["random", "ties", "minus_inf", "small"])
+def test_top_k_ids_equal_a_stable_sort(kind):
+  """The two-stage top-k returns what a stable descending sort (lowest index first among equals) and
+  jax.lax.top_k return, in the same order: rows of 1,000 (not a multiple of the group size) and 4,096."""
+  rng = np.random.default_rng(7)
+  k, v = 20, 1000
+  if kind == "random":
+    x = rng.standard_normal((5, 3, 4096)).astype(np.float32) * 4
+    k = 100
+  elif kind == "ties":
+    x = rng.integers(0, 3, (8, v)).astype(np.float32)     # hundreds of entries tied at the k-th value
+    x[0] = 0.0                                             # a row of one value
+  elif kind == "minus_inf":
+    x = np.full((4, v), -np.inf, np.float32)
+    x[:, 990:] = rng.standard_normal((4, 10))              # fewer finite entries than k, at the row's end
+    x[1, 5] = np.inf
+  else:
+    x = rng.standard_normal((4, 50)).astype(np.float32)   # below the two-stage threshold: one top_k
+    k = 7
+  got = np.asarray(jax.jit(L.top_k_ids, static_argnums=1)(jnp.asarray(x), k))
+  np.testing.assert_array_equal(got, np.argsort(-x, axis=-1, kind="stable")[..., :k])
+  np.testing.assert_array_equal(got, np.asarray(jax.lax.top_k(jnp.asarray(x), k)[1]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Chunked scan vs dense; gradients vs jax.grad of an independent dense implementation.
 

@@ -72,3 +72,26 @@ def test_bad_equations_are_rejected():
     mixed_einsum("ab,bc", x, w, jnp.bfloat16)
   with pytest.raises(ValueError, match="appears nowhere else"):
     mixed_einsum("ab,bc->c", x, w, jnp.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("eq,sx,sw,batched", [e + (False,) for e in EQS] + [EQS[1] + (True,)])
+def test_precast_weights_give_the_same_values_and_gradients(eq, sx, sw, batched, dtype):
+  """w_cast (the caller's w.astype(dtype)) changes where the cast happens, not the result: the output and both
+  gradients equal the casting path's, and w's gradient keeps w's float32 dtype."""
+  x, w = _args(sx, sw, seed=3)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  plain = loss(lambda x, w: mixed_einsum(eq, x, w, dtype, batched))
+  precast = loss(lambda x, w: mixed_einsum(eq, x, w, dtype, batched, w_cast=jax.lax.stop_gradient(w).astype(dtype)))
+  np.testing.assert_allclose(precast(x, w), plain(x, w), rtol=1e-6)
+  for a, b in zip(jax.grad(precast, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_precast_weights_of_the_wrong_dtype_or_shape_are_refused():
+  x, w = _args((2, 3, 8), (8, 5))
+  with pytest.raises(ValueError, match="w_cast must be w.astype"):
+    mixed_einsum("btd,df->btf", x, w, jnp.bfloat16, w_cast=w)                       # not cast
+  with pytest.raises(ValueError, match="w_cast must be w.astype"):
+    mixed_einsum("btd,df->btf", x, w, jnp.bfloat16, w_cast=w[:4].astype(jnp.bfloat16))
