@@ -27,12 +27,16 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 
 # XLA:GPU groups kernels into CUDA graphs ("command buffers"), whose trace events name no HLO op; profile without.
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
 
 import jax  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402
+
+# Reading an event's stats warns about the binding's type ("has no __module__ attribute") on some jaxlib builds.
+warnings.filterwarnings("ignore", message="builtin type event_stats", category=DeprecationWarning)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from resd_jax.models import ModelConfig  # noqa: E402
