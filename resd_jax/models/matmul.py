@@ -82,13 +82,16 @@ def _einsum_fwd(eq, dtype, batched, x, w):
   return _matmul(eq, x.astype(dtype), w.astype(dtype), batched), (x, w)
 
 
-def _einsum_bwd(eq, dtype, batched, res, ct):
-  x, w = res
-  xc, wc = x.astype(dtype), w.astype(dtype)
+def _transposed_products(eq, dtype, batched, x, wc, ct):
+  """(dx, dw) in float32 for out = einsum(eq, x, w): the float32 cotangent ct cast to `dtype`, wc = w in `dtype`."""
   a, b, out = _operands(eq)
   ct = ct.astype(dtype)
-  dx = _matmul(f"{out},{b}->{a}", ct, wc, batched)
-  dw = _matmul(f"{a},{out}->{b}", xc, ct, batched)
+  return _matmul(f"{out},{b}->{a}", ct, wc, batched), _matmul(f"{a},{out}->{b}", x.astype(dtype), ct, batched)
+
+
+def _einsum_bwd(eq, dtype, batched, res, ct):
+  x, w = res
+  dx, dw = _transposed_products(eq, dtype, batched, x, w.astype(dtype), ct)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -113,10 +116,7 @@ def _einsum_precast_fwd(eq, dtype, batched, w_dtype, x, w, w_cast):
 
 def _einsum_precast_bwd(eq, dtype, batched, w_dtype, res, ct):
   x, wc = res
-  a, b, out = _operands(eq)
-  ct = ct.astype(dtype)
-  dx = _matmul(f"{out},{b}->{a}", ct, wc, batched)
-  dw = _matmul(f"{a},{out}->{b}", x.astype(dtype), ct, batched)
+  dx, dw = _transposed_products(eq, dtype, batched, x, wc, ct)
   return dx.astype(x.dtype), dw.astype(w_dtype), None
 
 

@@ -66,18 +66,17 @@ def _logits_fn(graphdef: nnx.GraphDef, params: Any) -> Callable[[jax.Array], jax
   return lambda h: nnx.merge(graphdef, params).logits(h)
 
 
-def teacher_head_fn(graphdef: nnx.GraphDef, params: Any) -> Callable[[jax.Array], jax.Array]:
-  """Stop-gradient logits of one teacher part, its output weights cast to the compute dtype once (not per chunk)."""
-  model = nnx.merge(graphdef, params)
-  head = jax.lax.stop_gradient(model.head_weight())
-  head_cast = head.astype(model.config.compute_dtype)
-  return lambda h: jax.lax.stop_gradient(model.logits_with(head, h, head_cast))
-
-
 def head_in_compute_dtype(model: nnx.Module) -> Any:
   """The model's output weights in its compute dtype, or None where matmuls do not cast (float64)."""
   cd = jnp.dtype(model.config.compute_dtype)
   return model.head_weight().astype(cd) if cd.itemsize <= 4 else None
+
+
+def teacher_head_fn(graphdef: nnx.GraphDef, params: Any) -> Callable[[jax.Array], jax.Array]:
+  """Stop-gradient logits of one teacher part, its output weights cast to the compute dtype once (not per chunk)."""
+  model = nnx.merge(graphdef, params)
+  head, head_cast = jax.lax.stop_gradient((model.head_weight(), head_in_compute_dtype(model)))
+  return lambda h: jax.lax.stop_gradient(model.logits_with(head, h, head_cast))
 
 
 def _sum_count(total, count) -> tuple[jax.Array, jax.Array]:
