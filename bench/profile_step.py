@@ -105,6 +105,7 @@ def main() -> None:
   ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
   ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cudnn", "xla"))
   ap.add_argument("--attn_block", type=int, default=0)
+  ap.add_argument("--attn_head_loop", default="auto", choices=("auto", "on", "off"))
   ap.add_argument("--compute_dtype", default="bfloat16", choices=("float32", "bfloat16"))
   ap.add_argument("--steps", type=int, default=2)
   ap.add_argument("--top", type=int, default=20)
@@ -116,7 +117,7 @@ def main() -> None:
   cfg = ModelConfig.preset(args.preset)
   batch = make_batch(args.batch, args.prompt, args.teacher_prompt, args.response, cfg.vocab_size)
   step, state, batch = build_ours(batch, args.preset, args.compute_dtype, args.chunk, args.layers == "scan",
-                                  args.remat, args.attn_block, args.attn_impl)
+                                  args.remat, args.attn_block, args.attn_impl, args.attn_head_loop)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   print(f"{jax.devices()[0].device_kind}; {args.preset}, B={args.batch}, student {args.prompt}+{args.response}, "

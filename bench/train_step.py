@@ -38,7 +38,7 @@ from resd_jax.context.batch import Batch  # noqa: E402
 from resd_jax.distill.losses import DistillConfig  # noqa: E402
 from resd_jax.distill.teacher import TeacherConfig  # noqa: E402
 from resd_jax.models import ModelConfig, Transformer  # noqa: E402
-from resd_jax.models.transformer import attention_impl  # noqa: E402
+from resd_jax.models.transformer import attention_head_loop, attention_impl  # noqa: E402
 from resd_jax.train import state as st  # noqa: E402
 from resd_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
 from resd_jax.train.step import StepConfig, make_sd_step  # noqa: E402
@@ -92,10 +92,11 @@ def make_batch(b: int, ps: int, pt: int, r: int, vocab: int) -> Batch:
 
 
 def build_ours(batch: Batch, preset: str, compute_dtype: str, chunk: int, scan_layers: bool,
-               remat: str = "none", attn_block: int = 0, attn_impl: str = "auto"):
+               remat: str = "none", attn_block: int = 0, attn_impl: str = "auto", head_loop: str = "auto"):
   """(step, initial state, device batch) of our SD step: top-100 + tail, reverse KL, frozen teacher, AdamW."""
   cfg = ModelConfig.preset(preset, compute_dtype=compute_dtype, scan_layers=scan_layers, remat=remat,
-                           attn_impl=attn_impl, **({"attn_block": attn_block} if attn_block else {}))
+                           attn_impl=attn_impl, attn_head_loop=head_loop,
+                           **({"attn_block": attn_block} if attn_block else {}))
   graphdef, params = st.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
   step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=chunk),
                         teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5))
@@ -104,8 +105,9 @@ def build_ours(batch: Batch, preset: str, compute_dtype: str, chunk: int, scan_l
 
 
 def ours(batch: Batch, preset: str, compute_dtype: str, iters: int, chunk: int, scan_layers: bool,
-         remat: str = "none", attn_block: int = 0, attn_impl: str = "auto") -> float:
-  step, state, batch = build_ours(batch, preset, compute_dtype, chunk, scan_layers, remat, attn_block, attn_impl)
+         remat: str = "none", attn_block: int = 0, attn_impl: str = "auto", head_loop: str = "auto") -> float:
+  step, state, batch = build_ours(batch, preset, compute_dtype, chunk, scan_layers, remat, attn_block, attn_impl,
+                                  head_loop)
   holder = [state]
 
   def run():
@@ -193,6 +195,9 @@ def main() -> None:
                   help="our layer loop: Python loop (scan_layers=False), lax.scan, or time both")
   ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cudnn", "xla"),
                   help="our full-sequence attention (ModelConfig.attn_impl; auto = cudnn on a GPU)")
+  ap.add_argument("--attn_head_loop", default="auto", choices=("auto", "on", "off"),
+                  help="blocked attention one (sequence, KV head) pair at a time (ModelConfig.attn_head_loop; "
+                       "auto = on for the CPU)")
   args = ap.parse_args()
   b, ps, pt, r = args.batch, args.prompt, args.teacher_prompt, args.response
   cfg = ModelConfig.preset(args.preset)
@@ -231,9 +236,12 @@ def main() -> None:
   for scan_layers in {"loop": [False], "scan": [True], "both": [False, True]}[args.layers]:
     name = "layers in a lax.scan" if scan_layers else "layers in a Python loop"
     sec = ours_sec[name] = ours(batch, args.preset, args.compute_dtype, args.iters, args.chunk, scan_layers,
-                                args.remat, args.attn_block, args.attn_impl)
-    impl = attention_impl(dataclasses.replace(cfg, attn_impl=args.attn_impl, compute_dtype=args.compute_dtype))
-    attn = f"blocked attention ({args.attn_block or cfg.attn_block} rows)" if impl == "blocked" else f"{impl} attention"
+                                args.remat, args.attn_block, args.attn_impl, args.attn_head_loop)
+    run_cfg = dataclasses.replace(cfg, attn_impl=args.attn_impl, compute_dtype=args.compute_dtype,
+                                  attn_head_loop=args.attn_head_loop)
+    impl = attention_impl(run_cfg)
+    loop = ", per (sequence, KV head)" if attention_head_loop(run_cfg) else ""
+    attn = f"blocked attention ({args.attn_block or cfg.attn_block} rows{loop})" if impl == "blocked" else f"{impl} attention"
     print(f"ours ({args.compute_dtype} compute, {name}, remat {args.remat}, {attn}): {sec:.3f} s/step, "
           f"{tokens / sec:.0f} tokens/s, {rates(sec)}")
   for name, autocast in torch_modes:

@@ -99,7 +99,7 @@ def test_missing_model_and_data_paths(tmp_path):
   c = load("manufactoria", "tiny")
   c.model.source, c.model.preset = "preset", "huge"
   _one_line_error(c, "model.preset='huge' is unknown")
-  for key, bad in (("remat", "fast"), ("attn_impl", "flash"), ("compute_dtype", "fp8")):
+  for key, bad in (("remat", "fast"), ("attn_impl", "flash"), ("attn_head_loop", "yes"), ("compute_dtype", "fp8")):
     c = load("manufactoria", "tiny")
     c.model[key] = bad
     _one_line_error(c, rf"model.{key}='{bad}' is not one of .*--config.model.{key}")

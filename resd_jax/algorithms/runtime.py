@@ -29,7 +29,7 @@ def make_mesh(cfg: Any) -> Any:
 def _numerics(cfg: Any) -> dict[str, Any]:
   return dict(param_dtype=str(cfg.model.param_dtype), compute_dtype=str(cfg.model.compute_dtype),
               remat=str(cfg.model.remat), scan_layers=bool(cfg.model.scan_layers),
-              attn_impl=str(cfg.model.attn_impl))
+              attn_impl=str(cfg.model.attn_impl), attn_head_loop=str(cfg.model.attn_head_loop))
 
 
 def load_tokenizer(cfg: Any) -> Any:

@@ -12,8 +12,10 @@ from typing import Any
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMAT = ("none", "full", "dots")
 _ATTN = ("auto", "blocked", "cudnn", "xla")
+_SWITCH = ("auto", "on", "off")
 # The allowed values of the numerics fields, checked here and by the run config (resd_jax/config_schema.py).
-NUMERICS_CHOICES = {"param_dtype": _DTYPES, "compute_dtype": _DTYPES, "remat": _REMAT, "attn_impl": _ATTN}
+NUMERICS_CHOICES = {"param_dtype": _DTYPES, "compute_dtype": _DTYPES, "remat": _REMAT, "attn_impl": _ATTN,
+                    "attn_head_loop": _SWITCH}
 _ARCHS = ("qwen3", "qwen3_moe", "qwen2", "llama")
 
 
@@ -59,6 +61,10 @@ class ModelConfig:
   # "auto" = cudnn on an Ampere-or-newer NVIDIA GPU with bf16/fp16 compute, else blocked. Decoding with a KV
   # cache is unaffected.
   attn_impl: str = "auto"
+  # Blocked attention one (sequence, KV head) pair at a time (a lax.map), so each block's float32 scores stay in
+  # the CPU's caches: "auto" = on when running on the CPU without a sharded mesh (on a mesh the map would
+  # gather the sharded batch), "on", "off". Same values either way.
+  attn_head_loop: str = "auto"
   remat: str = "none"             # per-layer rematerialisation: none | full | dots
   scan_layers: bool = True        # layers under jax.lax.scan; False = a Python loop (compile time ~ depth)
 

@@ -72,7 +72,7 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------------ attention
 def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks: int = 16,
-                     q_offset: int = 0) -> jax.Array:
+                     q_offset: int = 0, head_loop: bool = False) -> jax.Array:
   """Causal self-attention computed in query blocks.
 
   q [B, Tq, H, Dh] holds the queries of positions q_offset .. T-1 (Tq = T - q_offset; all of them by default),
@@ -83,12 +83,35 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
   blocks run under `jax.lax.scan` with each block rematerialised, so the backward pass keeps one block's
   [blk, T] probabilities alive instead of all of them; that costs the triangle skip but bounds memory.
   For compute dtypes up to 4 bytes each block has a hand-written backward (`_block_softmax_attention`).
+
+  head_loop=True computes one (sequence, KV head) pair at a time, under `jax.lax.map`: a block's float32
+  scores are then [tb, G, S] (2.6 MB for 256 rows, G = 2, S = 1,280), small enough for a CPU's caches, where
+  those of all pairs at once ([B, KVH, tb, G, S]) go through memory on every pass the masking and softmax make
+  over them. Same values; a CPU setting (ModelConfig.attn_head_loop), worth 5-8% of the `small` preset's
+  forward on 2 cores (bench/RESULTS.md).
   """
   b, tq, h, dh = q.shape
   t, kvh = k.shape[1], k.shape[2]
   if q_offset + tq != t:
     raise ValueError(f"causal_attention: {tq} queries from position {q_offset} do not end at the {t} keys")
-  q = (q * (dh ** -0.5)).reshape(b, tq, kvh, h // kvh, dh)
+  g = h // kvh
+  q = (q * (dh ** -0.5)).reshape(b, tq, kvh, g, dh)
+  blocks = functools.partial(_blocked_attention, block=block, dtype=dtype, max_unrolled_blocks=max_unrolled_blocks,
+                             q_offset=q_offset)
+  if not head_loop:
+    return blocks(q, k, v, kv_mask).reshape(b, tq, h, dh)
+  # [B, Tq, KVH, G, Dh] -> B*KVH items of [1, Tq, 1, G, Dh]; k, v [B, T, KVH, Dh] -> [1, T, 1, Dh] each.
+  qs = jnp.moveaxis(q, 2, 1).reshape(b * kvh, 1, tq, 1, g, dh)
+  ks, vs = (jnp.moveaxis(x, 2, 1).reshape(b * kvh, 1, t, 1, dh) for x in (k, v))
+  masks = jnp.repeat(kv_mask, kvh, axis=0)[:, None]                             # [B*KVH, 1, T]
+  outs = jax.lax.map(lambda xs: blocks(*xs), (qs, ks, vs, masks))               # [B*KVH, 1, Tq, 1, G, Dh]
+  return jnp.moveaxis(outs.reshape(b, kvh, tq, g, dh), 1, 2).reshape(b, tq, h, dh)
+
+
+def _blocked_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks: int, q_offset: int):
+  """causal_attention's blocks: q [B, Tq, KVH, G, Dh] (pre-scaled), k/v [B, T, KVH, Dh] -> [B, Tq, KVH, G, Dh]."""
+  b, tq = q.shape[:2]
+  t = k.shape[1]
   n_blocks = -(-tq // block)
 
   def one_block(qb, start, key_len):
@@ -104,14 +127,14 @@ def causal_attention(q, k, v, kv_mask, *, block: int, dtype, max_unrolled_blocks
   if n_blocks <= max_unrolled_blocks:
     outs = [one_block(q[:, i:min(tq, i + block)], q_offset + i, q_offset + min(tq, i + block))
             for i in range(0, tq, block)]
-    return jnp.concatenate(outs, axis=1).reshape(b, tq, h, dh)
+    return jnp.concatenate(outs, axis=1)
   pad = n_blocks * block - tq
   qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
   qs = jnp.moveaxis(qp.reshape(b, n_blocks, block, *q.shape[2:]), 1, 0)        # [nb, B, blk, KVH, G, Dh]
   body = jax.checkpoint(lambda _, xs: (None, one_block(xs[0], xs[1], t)))
   starts = q_offset + jnp.arange(n_blocks) * block
   _, outs = jax.lax.scan(body, None, (qs, starts))                             # [nb, B, blk, KVH, G, Dh]
-  return jnp.moveaxis(outs, 0, 1).reshape(b, n_blocks * block, h, dh)[:, :tq]
+  return jnp.moveaxis(outs, 0, 1).reshape(b, n_blocks * block, *q.shape[2:])[:, :tq]
 
 
 def _masked_scores(q, k, allowed, dtype):
@@ -215,6 +238,15 @@ def attention_impl(cfg: ModelConfig) -> str:
     return "blocked"
   capability = getattr(jax.devices()[0], "compute_capability", None)
   return "cudnn" if cudnn_flash_supported(capability, cfg.head_dim) else "blocked"
+
+
+def attention_head_loop(cfg: ModelConfig) -> bool:
+  """Whether blocked attention loops over (sequence, KV head) pairs: cfg.attn_head_loop, where `auto` is on
+  for the CPU backend outside a mesh of more than one device."""
+  if cfg.attn_head_loop != "auto":
+    return cfg.attn_head_loop == "on"
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.default_backend() == "cpu" and (mesh.empty or math.prod(mesh.axis_sizes) == 1)
 
 
 def cached_attention(q, k_new, v_new, new_mask, k_old, v_old, old_mask, *, dtype) -> jax.Array:
@@ -339,7 +371,8 @@ def _attend(cfg: ModelConfig, q, k, v, attn_mask, cache_kv, q_start: int):
     impl = attention_impl(cfg)
     if impl == "blocked":
       return causal_attention(q, k, v, attn_mask, block=cfg.attn_block, dtype=cd,
-                              max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start)
+                              max_unrolled_blocks=cfg.attn_max_unrolled_blocks, q_offset=q_start,
+                              head_loop=attention_head_loop(cfg))
     return fused_causal_attention(q, k, v, attn_mask, impl=impl, dtype=cd, q_offset=q_start)
   if q_start:
     raise ValueError("decoder_layer: q_start is for full forwards, not for decoding with a cache")

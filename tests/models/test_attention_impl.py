@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from resd_jax.models import ModelConfig, Transformer
-from resd_jax.models.transformer import (attention_impl, causal_attention, cudnn_flash_supported,
-                                         fused_causal_attention)
+from resd_jax.models.transformer import (attention_head_loop, attention_impl, causal_attention,
+                                         cudnn_flash_supported, fused_causal_attention)
 
 # Rows: left- and right-padded, unpadded, all padding, right-padded only.
 _T = 13
@@ -80,10 +80,12 @@ def test_attn_impl_config():
     ModelConfig.preset("tiny", attn_impl="cudnn", compute_dtype="float32")
 
 
+@pytest.mark.parametrize("head_loop", [False, True])
 @pytest.mark.parametrize("block,q_offset", [(4, 0), (4, 5), (2, 0)])
-def test_blocked_attention_gradients_equal_autodiff_of_a_dense_reference(block, q_offset):
-  """The blocked path's hand-written backward (float32 and bf16 compute) against autodiff of a plain dense
-  masked softmax attention in float32; (2, 0) has more blocks than max_unrolled_blocks, so it takes the scan."""
+def test_blocked_attention_gradients_equal_autodiff_of_a_dense_reference(block, q_offset, head_loop):
+  """The blocked path's values and hand-written backward (float32 and bf16 compute), all (sequence, KV head)
+  pairs at once and one at a time, against autodiff of a plain dense masked softmax attention in float32;
+  (2, 0) has more blocks than max_unrolled_blocks, so it takes the scan."""
   rng = np.random.default_rng(2)
   b, h, kvh, dh = 4, 4, 2, 8
   q = jnp.asarray(rng.standard_normal((b, _T - q_offset, h, dh)), jnp.float32)
@@ -101,11 +103,52 @@ def test_blocked_attention_gradients_equal_autodiff_of_a_dense_reference(block, 
 
   def blocked(dtype):
     return lambda q, k, v: causal_attention(q, k, v, mask, block=block, dtype=dtype, max_unrolled_blocks=4,
-                                            q_offset=q_offset)
+                                            q_offset=q_offset, head_loop=head_loop)
 
+  real = _MASK[:, q_offset:]
+  np.testing.assert_allclose(np.asarray(blocked(jnp.float32)(q, k, v))[real], np.asarray(dense(q, k, v))[real],
+                             rtol=1e-5, atol=1e-5)
   want = jax.grad(lambda *a: jnp.sum(dense(*a) * w), argnums=(0, 1, 2))(q, k, v)
   for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)):
     got = jax.grad(lambda *a: jnp.sum(blocked(dtype)(*a) * w), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(got, want):
       assert np.isfinite(np.asarray(g)).all()
       np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=tol * float(jnp.abs(r).max()), rtol=0)
+
+
+def test_attn_head_loop_config():
+  """auto: on for the CPU outside a multi-device mesh (a map over a sharded batch would gather it), off
+  elsewhere; on / off force it; other values are refused. The loop's values are checked above and in
+  test_model_with_head_loop_equals_without."""
+  cpu = jax.default_backend() == "cpu"
+  assert attention_head_loop(ModelConfig.preset("tiny")) == cpu
+  assert attention_head_loop(ModelConfig.preset("tiny", attn_head_loop="on"))
+  assert not attention_head_loop(ModelConfig.preset("tiny", attn_head_loop="off"))
+  if jax.device_count() > 1:
+    with jax.set_mesh(jax.make_mesh((jax.device_count(),), ("fsdp",))):
+      assert not attention_head_loop(ModelConfig.preset("tiny"))
+      assert attention_head_loop(ModelConfig.preset("tiny", attn_head_loop="on"))
+  with jax.set_mesh(jax.make_mesh((1,), ("fsdp",), devices=jax.devices()[:1])):
+    assert attention_head_loop(ModelConfig.preset("tiny")) == cpu
+  with pytest.raises(ValueError, match="attn_head_loop='yes'; expected one of"):
+    ModelConfig.preset("tiny", attn_head_loop="yes")
+
+
+def test_model_with_head_loop_equals_without():
+  """The whole model (GQA: 4 query heads over 2 KV heads) on padded rows: hidden states and parameter
+  gradients with the (sequence, KV head) loop equal those without, in float32."""
+  on, off = (Transformer(ModelConfig.preset("tiny", attn_impl="blocked", attn_block=4, attn_head_loop=x),
+                         rngs=nnx.Rngs(0)) for x in ("on", "off"))
+  assert on.config.num_heads > on.config.num_kv_heads > 1
+  rng = np.random.default_rng(3)
+  toks = jnp.asarray(rng.integers(1, 512, _MASK.shape), jnp.int32)
+  mask = jnp.asarray(_MASK)
+  weights = jnp.asarray(rng.standard_normal((*_MASK.shape, on.config.hidden_size)), jnp.float32) * mask[..., None]
+
+  def loss(m):
+    return jnp.sum(m(toks, None, mask)[0] * weights)
+
+  np.testing.assert_allclose(np.asarray(on(toks, None, mask)[0]), np.asarray(off(toks, None, mask)[0]),
+                             rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(nnx.grad(loss)(on)), jax.tree.leaves(nnx.grad(loss)(off))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
