@@ -103,7 +103,7 @@ def main() -> None:
   ap.add_argument("--chunk", type=int, default=128)
   ap.add_argument("--layers", default="loop", choices=("loop", "scan"))
   ap.add_argument("--remat", default="none", choices=("none", "full", "dots"))
-  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cudnn", "xla"))
+  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cpu_fused", "cudnn", "xla"))
   ap.add_argument("--attn_block", type=int, default=0)
   ap.add_argument("--attn_head_loop", default="auto", choices=("auto", "on", "off"))
   ap.add_argument("--compute_dtype", default="bfloat16", choices=("float32", "bfloat16"))

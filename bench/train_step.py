@@ -193,7 +193,7 @@ def main() -> None:
                        "not the fair peer)")
   ap.add_argument("--layers", default="both", choices=("loop", "scan", "both"),
                   help="our layer loop: Python loop (scan_layers=False), lax.scan, or time both")
-  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cudnn", "xla"),
+  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cpu_fused", "cudnn", "xla"),
                   help="our full-sequence attention (ModelConfig.attn_impl; auto = cudnn on a GPU)")
   ap.add_argument("--attn_head_loop", default="auto", choices=("auto", "on", "off"),
                   help="blocked attention one (sequence, KV head) pair at a time (ModelConfig.attn_head_loop; "

@@ -38,7 +38,7 @@ def main() -> None:
   ap.add_argument("--response", type=int, default=512)
   ap.add_argument("--chunk", type=int, default=128)
   ap.add_argument("--iters", type=int, default=5)
-  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cudnn", "xla"))
+  ap.add_argument("--attn_impl", default="auto", choices=("auto", "blocked", "cpu_fused", "cudnn", "xla"))
   args = ap.parse_args()
   b, r = args.batch, args.response
   cfg = ModelConfig.preset(args.preset, compute_dtype=args.compute_dtype, scan_layers=args.layers == "scan",

@@ -27,7 +27,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"
   c.model.remat = "none"        # none | full | dots (per-layer rematerialisation)
   c.model.scan_layers = True    # False: layers in a Python loop (no stacked activations; compile time ~ depth)
-  c.model.attn_impl = "auto"    # auto (cuDNN flash on an Ampere+ GPU with bf16 compute, else blocked) | blocked | cudnn | xla
+  c.model.attn_impl = "auto"    # auto (cuDNN flash on an Ampere+ GPU, our CPU kernel on a CPU; bf16 compute; else blocked) | blocked | cpu_fused | cudnn | xla
   c.model.attn_head_loop = "auto"  # blocked attention one (sequence, KV head) at a time: auto (on for the CPU, unsharded) | on | off
   c.model.enable_thinking = ml_collections.config_dict.placeholder(bool)  # chat-template flag; None = default
 

@@ -121,6 +121,9 @@ def check_model(cfg: Any) -> None:
   if str(m.attn_impl) == "cudnn" and str(m.compute_dtype) == "float32":
     raise ConfigError("model.attn_impl='cudnn' needs --config.model.compute_dtype=bfloat16 (or float16); "
                       "or use attn_impl='auto'")
+  if str(m.attn_impl) == "cpu_fused" and str(m.compute_dtype) != "bfloat16":
+    raise ConfigError("model.attn_impl='cpu_fused' needs --config.model.compute_dtype=bfloat16; "
+                      "or use attn_impl='auto'")
 
 
 # Tasks without a data generator need both paths.

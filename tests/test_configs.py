@@ -106,6 +106,9 @@ def test_missing_model_and_data_paths(tmp_path):
   c = load("manufactoria", "tiny")
   c.model.attn_impl, c.model.compute_dtype = "cudnn", "float32"
   _one_line_error(c, "attn_impl='cudnn' needs --config.model.compute_dtype=bfloat16")
+  c = load("manufactoria", "tiny")
+  c.model.attn_impl, c.model.compute_dtype = "cpu_fused", "float32"
+  _one_line_error(c, "attn_impl='cpu_fused' needs --config.model.compute_dtype=bfloat16")
 
 
 def test_typed_config_errors_are_one_line():
