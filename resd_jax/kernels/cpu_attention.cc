@@ -28,7 +28,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define RESD_BF16_SIMD 1
 #else
@@ -41,6 +41,7 @@ namespace {
 
 constexpr float kNeg = -1e30f;  // masked score: exp(kNeg - m) is 0 for any row that has a real key
 constexpr int kKeyAlign = 64;   // keys are packed and scored in multiples of this
+constexpr int kMaxHeadDim = 256;  // head_dim: a multiple of 64 up to this
 
 // ---------------------------------------------------------------------------------------------------------
 // bf16 helpers and the 16-lane vector type.
@@ -196,15 +197,16 @@ void scores_tile(const uint32_t* const* apair, int dh, const uint32_t* kp, int n
   }
 }
 
-// o[r][d] = sum_j w[r][j] x[j][d] for r < R (R <= 6), d < 64: w given as bf16 rows (pairs read as uint32,
-// stride ld_w in uint16), x as dim-major pairs. n (keys) even. Dh is fixed at 64 here (4 vectors per row).
+// o[r][d] = sum_j w[r][j] x[j][d] for r < R (R <= 4), d < 64: w given as bf16 rows (pairs read as uint32,
+// stride ld_w in uint16), x as dim-major pairs (stride ld_v). n (keys) even. One 64-wide slice of the head
+// dimension per call (4 vectors of accumulators per row).
 template <int R>
-void weighted_sum_tile(const uint16_t* w, int ld_w, const uint32_t* vp, int n, float* o, int ld_o) {
+void weighted_sum_tile(const uint16_t* w, int ld_w, const uint32_t* vp, int ld_v, int n, float* o, int ld_o) {
   F16 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = zero();
   for (int j2 = 0; j2 < n / 2; ++j2) {
-    const uint32_t* vr = vp + static_cast<int64_t>(j2) * 64;
+    const uint32_t* vr = vp + static_cast<int64_t>(j2) * ld_v;
     P16 x[4];
     for (int c = 0; c < 4; ++c) x[c] = loadp(vr + 16 * c);
     for (int r = 0; r < R; ++r) {
@@ -218,19 +220,20 @@ void weighted_sum_tile(const uint16_t* w, int ld_w, const uint32_t* vp, int n, f
     for (int c = 0; c < 4; ++c) storef(o + static_cast<int64_t>(r) * ld_o + 16 * c, acc[r][c]);
 }
 
-// acc[j][d] += sum_r w[r][j] y[r][d] over R rows (R even): w transposed into pairs wt[j][r2], y as dim-major
-// pairs yp[r2][d] (Dh = 64). For the key gradients dv += p^T dout and dk += ds^T q.
+// acc[j][d] += sum_r w[r][j] y[r][d] over R rows (R even), d < 64: w as row pairs wt[r2][j] = (w[2 r2][j],
+// w[2 r2 + 1][j]) (stride ld_w), y as dim-major pairs yp[r2][d] (stride ld_y). For the key gradients
+// dv += p^T dout and dk += ds^T q, one 64-wide slice of the head dimension per call.
 template <int R>
-void outer_accumulate(const uint32_t* wt, const uint32_t* yp, int n, float* acc, int ld) {
+void outer_accumulate(const uint32_t* wt, int ld_w, const uint32_t* yp, int ld_y, int n, float* acc, int ld) {
   P16 y[R / 2][4];
   for (int r2 = 0; r2 < R / 2; ++r2)
-    for (int c = 0; c < 4; ++c) y[r2][c] = loadp(yp + r2 * 64 + 16 * c);
+    for (int c = 0; c < 4; ++c) y[r2][c] = loadp(yp + r2 * ld_y + 16 * c);
   for (int j = 0; j < n; ++j) {
     float* a = acc + static_cast<int64_t>(j) * ld;
     F16 t[4];
     for (int c = 0; c < 4; ++c) t[c] = loadf(a + 16 * c);
     for (int r2 = 0; r2 < R / 2; ++r2) {
-      P16 b = bcastp(wt[j * (R / 2) + r2]);
+      P16 b = bcastp(wt[static_cast<int64_t>(r2) * ld_w + j]);
       for (int c = 0; c < 4; ++c) t[c] = dot2(t[c], y[r2][c], b);
     }
     for (int c = 0; c < 4; ++c) storef(a + 16 * c, t[c]);
@@ -282,7 +285,8 @@ struct Dims {
 };
 
 ffi::Error check_dims(const Dims& dm) {
-  if (dm.dh != 64) return ffi::Error::InvalidArgument("cpu attention: head_dim must be 64");
+  if (dm.dh % 64 != 0 || dm.dh > kMaxHeadDim)
+    return ffi::Error::InvalidArgument("cpu attention: head_dim must be 64, 128, 192 or 256");
   if (dm.q_offset < 0 || dm.q_offset + dm.tq != dm.t)
     return ffi::Error::InvalidArgument("cpu attention: the queries must end at the last key");
   return ffi::Error::Success();
@@ -348,7 +352,7 @@ void forward_rows(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q, 
   const int dh = static_cast<int>(dm.dh);
   std::vector<uint32_t> qbuf(R * dh / 2, 0);
   const uint32_t* qpair[R];
-  float o[R * 64];
+  float o[R * kMaxHeadDim];
   for (int64_t r0 = row0; r0 < row0 + rows; r0 += R) {
     int64_t nr = std::min<int64_t>(R, row0 + rows - r0);
     for (int r = 0; r < R; ++r) {
@@ -367,10 +371,10 @@ void forward_rows(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q, 
       inv[r] = empty ? 0.0f : 1.0f / l;
       if (r < nr) lse[p * dm.rows() + r0 + r] = empty ? kNeg : m + std::log(l);
     }
-    weighted_sum_tile<R>(e, n, pk.vv.data(), n, o, 64);
+    for (int c = 0; c < dh; c += 64) weighted_sum_tile<R>(e, n, pk.vv.data() + c, dh, n, o + c, dh);
     for (int r = 0; r < nr; ++r) {
       float* dst = out + dm.qi(p, r0 + r, 0);
-      for (int d = 0; d < dh; ++d) dst[d] = o[r * 64 + d] * inv[r];
+      for (int d = 0; d < dh; ++d) dst[d] = o[r * dh + d] * inv[r];
     }
   }
 }
@@ -420,19 +424,55 @@ inline void exp_row_inplace(float* x, float m, int n) {
 #endif
 }
 
+// ds[j] = p[j] * (ds[j] - delta) (ds holds dp on the way in); n a multiple of 16.
+inline void softmax_grad_row(const float* p, float* ds, float delta, int n) {
+#if RESD_BF16_SIMD
+  __m512 dl = _mm512_set1_ps(delta);
+  for (int j = 0; j < n; j += 16)
+    _mm512_storeu_ps(ds + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(ds + j), dl)));
+#else
+  for (int j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - delta);
+#endif
+}
+
+// x rounded to bf16; n a multiple of 32.
+inline void to_bf16_row(const float* x, int n, uint16_t* out) {
+#if RESD_BF16_SIMD
+  for (int j = 0; j < n; j += 32)
+    _mm512_storeu_si512(out + j, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(x + j)));
+#else
+  for (int j = 0; j < n; ++j) out[j] = f32_to_bf16(x[j]);
+#endif
+}
+
+// out[j] = (a[j], b[j]) as one pair; n a multiple of 16.
+inline void interleave_rows(const uint16_t* a, const uint16_t* b, int n, uint32_t* out) {
+#if RESD_BF16_SIMD
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int j = 0; j < n; j += 16) {
+    __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + j))),
+                                    _mm256_loadu_si256((const __m256i*)(b + j)), 1);
+    _mm512_storeu_si512(out + j, _mm512_permutexvar_epi16(idx, ab));
+  }
+#else
+  for (int j = 0; j < n; ++j) out[j] = pair(a[j], b[j]);
+#endif
+}
+
 void backward_pair(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q, const float* out, const float* lse,
                    const float* dout, float* dq, float* dk, float* dv) {
   constexpr int R = kBwdRows;
   const int dh = static_cast<int>(dm.dh), n_pad = static_cast<int>(dm.keys_pad());
   std::vector<float> s(static_cast<size_t>(R) * n_pad), dp(static_cast<size_t>(R) * n_pad);
   std::vector<uint16_t> pb(static_cast<size_t>(R) * n_pad), dsb(static_cast<size_t>(R) * n_pad);
-  std::vector<uint32_t> pt(static_cast<size_t>(n_pad) * R / 2), dst(static_cast<size_t>(n_pad) * R / 2);
-  std::vector<float> gk(static_cast<size_t>(n_pad) * 64, 0.0f), gv(static_cast<size_t>(n_pad) * 64, 0.0f);
-  std::vector<uint32_t> qbuf(R * dh / 2), dobuf(R * dh / 2), qdim(R / 2 * 64), dodim(R / 2 * 64);
-  std::vector<uint16_t> qrow(R * 64), dorow(R * 64);
+  std::vector<uint32_t> pt(static_cast<size_t>(n_pad) * R / 2), dst(static_cast<size_t>(n_pad) * R / 2);  // [R/2][n]
+  std::vector<float> gk(static_cast<size_t>(n_pad) * dh, 0.0f), gv(static_cast<size_t>(n_pad) * dh, 0.0f);
+  std::vector<uint32_t> qbuf(R * dh / 2), dobuf(R * dh / 2), qdim(R / 2 * dh), dodim(R / 2 * dh);
+  std::vector<uint16_t> qrow(R * dh), dorow(R * dh);
   const uint32_t* qpair[R];
   const uint32_t* dopair[R];
-  float o[R * 64];
+  std::vector<float> o(R * dh);
   for (int64_t r0 = 0; r0 < dm.rows(); r0 += R) {
     int64_t nr = std::min<int64_t>(R, dm.rows() - r0);
     float row_lse[R], delta[R];
@@ -443,49 +483,49 @@ void backward_pair(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q,
       for (int d = 0; d < dh; ++d) {
         float g = real ? dout[dm.qi(p, r0 + r, d)] : 0.0f;
         dl += real ? g * out[dm.qi(p, r0 + r, d)] : 0.0f;
-        qrow[r * 64 + d] = real ? q[dm.qi(p, r0 + r, d)] : 0;
-        dorow[r * 64 + d] = f32_to_bf16(g);
+        qrow[r * dh + d] = real ? q[dm.qi(p, r0 + r, d)] : 0;
+        dorow[r * dh + d] = f32_to_bf16(g);
       }
       delta[r] = dl;
       for (int d2 = 0; d2 < dh / 2; ++d2) {
-        qbuf[r * dh / 2 + d2] = pair(qrow[r * 64 + 2 * d2], qrow[r * 64 + 2 * d2 + 1]);
-        dobuf[r * dh / 2 + d2] = pair(dorow[r * 64 + 2 * d2], dorow[r * 64 + 2 * d2 + 1]);
+        qbuf[r * dh / 2 + d2] = pair(qrow[r * dh + 2 * d2], qrow[r * dh + 2 * d2 + 1]);
+        dobuf[r * dh / 2 + d2] = pair(dorow[r * dh + 2 * d2], dorow[r * dh + 2 * d2 + 1]);
       }
       qpair[r] = qbuf.data() + r * dh / 2;
       dopair[r] = dobuf.data() + r * dh / 2;
       if (!real) row_lse[r] = -kNeg;  // exp(score - (-kNeg)) = 0: the row gets no probability
     }
     for (int r2 = 0; r2 < R / 2; ++r2)
-      for (int d = 0; d < 64; ++d) {
-        qdim[r2 * 64 + d] = pair(qrow[2 * r2 * 64 + d], qrow[(2 * r2 + 1) * 64 + d]);
-        dodim[r2 * 64 + d] = pair(dorow[2 * r2 * 64 + d], dorow[(2 * r2 + 1) * 64 + d]);
+      for (int d = 0; d < dh; ++d) {
+        qdim[r2 * dh + d] = pair(qrow[2 * r2 * dh + d], qrow[(2 * r2 + 1) * dh + d]);
+        dodim[r2 * dh + d] = pair(dorow[2 * r2 * dh + d], dorow[(2 * r2 + 1) * dh + d]);
       }
     int n = round_up(dm.key_end(r0 + nr - 1), kKeyAlign);
     masked_scores<R>(dm, qpair, pk.kp.data(), pk.bias.data(), pk.any_padding, r0, nr, n, s.data(), n);
     scores_tile<R, 2>(dopair, dh, pk.vp.data(), n_pad, n, dp.data(), n);
     for (int r = 0; r < R; ++r) {
       float* pr = s.data() + static_cast<int64_t>(r) * n;
-      const float* dpr = dp.data() + static_cast<int64_t>(r) * n;
+      float* dsr = dp.data() + static_cast<int64_t>(r) * n;
       exp_row_inplace(pr, row_lse[r], n);
-      for (int j = 0; j < n; ++j) {
-        pb[r * n + j] = f32_to_bf16(pr[j]);
-        dsb[r * n + j] = f32_to_bf16(pr[j] * (dpr[j] - delta[r]));
-      }
+      softmax_grad_row(pr, dsr, delta[r], n);  // dsr = p * (dp - delta)
+      to_bf16_row(pr, n, pb.data() + static_cast<int64_t>(r) * n);
+      to_bf16_row(dsr, n, dsb.data() + static_cast<int64_t>(r) * n);
     }
-    for (int j = 0; j < n; ++j)
-      for (int r2 = 0; r2 < R / 2; ++r2) {
-        pt[j * (R / 2) + r2] = pair(pb[2 * r2 * n + j], pb[(2 * r2 + 1) * n + j]);
-        dst[j * (R / 2) + r2] = pair(dsb[2 * r2 * n + j], dsb[(2 * r2 + 1) * n + j]);
-      }
-    weighted_sum_tile<R / 2>(dsb.data(), n, pk.kv.data(), n, o, 64);
-    weighted_sum_tile<R / 2>(dsb.data() + (R / 2) * n, n, pk.kv.data(), n, o + (R / 2) * 64, 64);
-    for (int r = 0; r < nr; ++r) std::memcpy(dq + dm.qi(p, r0 + r, 0), o + r * 64, 64 * sizeof(float));
-    outer_accumulate<R>(pt.data(), dodim.data(), n, gv.data(), 64);
-    outer_accumulate<R>(dst.data(), qdim.data(), n, gk.data(), 64);
+    for (int r2 = 0; r2 < R / 2; ++r2) {
+      interleave_rows(pb.data() + 2 * r2 * n, pb.data() + (2 * r2 + 1) * n, n, pt.data() + r2 * n);
+      interleave_rows(dsb.data() + 2 * r2 * n, dsb.data() + (2 * r2 + 1) * n, n, dst.data() + r2 * n);
+    }
+    for (int c = 0; c < dh; c += 64) {
+      for (int h = 0; h < R; h += R / 2)
+        weighted_sum_tile<R / 2>(dsb.data() + h * n, n, pk.kv.data() + c, dh, n, o.data() + h * dh + c, dh);
+      outer_accumulate<R>(pt.data(), n, dodim.data() + c, dh, n, gv.data() + c, dh);
+      outer_accumulate<R>(dst.data(), n, qdim.data() + c, dh, n, gk.data() + c, dh);
+    }
+    for (int r = 0; r < nr; ++r) std::memcpy(dq + dm.qi(p, r0 + r, 0), o.data() + r * dh, dh * sizeof(float));
   }
   for (int64_t j = 0; j < dm.t; ++j) {
-    std::memcpy(dk + dm.ki(p, j, 0), gk.data() + j * 64, 64 * sizeof(float));
-    std::memcpy(dv + dm.ki(p, j, 0), gv.data() + j * 64, 64 * sizeof(float));
+    std::memcpy(dk + dm.ki(p, j, 0), gk.data() + j * dh, dh * sizeof(float));
+    std::memcpy(dv + dm.ki(p, j, 0), gv.data() + j * dh, dh * sizeof(float));
   }
 }
 

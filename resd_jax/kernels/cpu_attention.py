@@ -29,7 +29,7 @@ import jaxlib
 import numpy as np
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
-HEAD_DIMS = (64,)  # head sizes the kernel takes
+HEAD_DIMS = (64, 128, 192, 256)  # head sizes the kernel takes (multiples of 64)
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 

@@ -56,11 +56,12 @@ class ModelConfig:
   compute_dtype: str = "float32"  # matmul inputs; accumulation is always float32
   attn_block: int = 256           # causal attention is computed in query blocks of this many rows
   attn_max_unrolled_blocks: int = 16  # more blocks than this (long contexts) run under a rematerialised scan
-  # Full-sequence attention: "blocked" (ours, above), "cpu_fused" (our C++ kernel for the CPU, compiled on first
-  # use: resd_jax/kernels/cpu_attention.py; bf16 compute, head_dim 64, one device), "cudnn" (the fused flash
-  # kernel of NVIDIA GPUs, through jax.nn.dot_product_attention; bf16/fp16 compute), "xla" (jax.nn's reference,
-  # [T, T] scores; for tests), "auto" = cudnn on an Ampere-or-newer NVIDIA GPU with bf16/fp16 compute,
-  # cpu_fused on the CPU where it applies and compiles, else blocked. Decoding with a KV cache is unaffected.
+  # Full-sequence attention: "blocked" (ours, above), "cpu_fused" (our C++ kernel for the CPU, compiled on
+  # first use: resd_jax/kernels/cpu_attention.py; bf16 compute, head_dim 64-256 in steps of 64, one device),
+  # "cudnn" (the fused flash kernel of NVIDIA GPUs, through jax.nn.dot_product_attention; bf16/fp16 compute),
+  # "xla" (jax.nn's reference, [T, T] scores; for tests), "auto" = cudnn on an Ampere-or-newer NVIDIA GPU with
+  # bf16/fp16 compute, cpu_fused on the CPU where it applies and compiles, else blocked. Decoding with a KV
+  # cache is unaffected.
   attn_impl: str = "auto"
   # Blocked attention one (sequence, KV head) pair at a time (a lax.map), so each block's float32 scores stay in
   # the CPU's caches: "auto" = on when running on the CPU without a sharded mesh (on a mesh the map would
@@ -85,9 +86,10 @@ class ModelConfig:
       need(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     need(self.attn_impl != "cudnn" or self.compute_dtype != "float32",
          "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)")
-    need(self.attn_impl != "cpu_fused" or (self.compute_dtype == "bfloat16" and self.head_dim == 64),
-         f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64 (got {self.compute_dtype}, "
-         f"{self.head_dim}); use attn_impl='auto' or 'blocked'")
+    need(self.attn_impl != "cpu_fused" or (self.compute_dtype == "bfloat16" and self.head_dim % 64 == 0
+                                            and self.head_dim <= 256),
+         f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64, 128, 192 or 256 (got "
+         f"{self.compute_dtype}, {self.head_dim}); use attn_impl='auto' or 'blocked'")
     if self.rope_scaling is not None:
       keys = dict(self.rope_scaling)
       want = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}

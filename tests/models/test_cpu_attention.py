@@ -25,10 +25,10 @@ def _bf16(x):
   return np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
 
 
-def _inputs(b, t, h, kvh, q_offset, seed=0, pad=True):
+def _inputs(b, t, h, kvh, q_offset, seed=0, pad=True, dh=64):
   rng = np.random.default_rng(seed)
-  q = rng.standard_normal((b, t - q_offset, h, 64)).astype(np.float32) * 2
-  k, v = (rng.standard_normal((b, t, kvh, 64)).astype(np.float32) for _ in range(2))
+  q = rng.standard_normal((b, t - q_offset, h, dh)).astype(np.float32) * 2
+  k, v = (rng.standard_normal((b, t, kvh, dh)).astype(np.float32) for _ in range(2))
   mask = np.ones((b, t), bool)
   if pad and b > 1:
     mask[0, : t // 3] = False               # left padding
@@ -56,10 +56,11 @@ def _reference(q, k, v, mask, q_offset):
 
 
 @pytest.mark.parametrize("march", _MARCHES)
-@pytest.mark.parametrize("b,t,h,kvh,q_offset", [(4, 150, 4, 2, 0), (3, 70, 4, 4, 9), (1, 37, 8, 2, 0),
-                                                (2, 200, 2, 1, 131)])
-def test_values_equal_float64_reference(march, b, t, h, kvh, q_offset):
-  q, k, v, mask = _inputs(b, t, h, kvh, q_offset)
+@pytest.mark.parametrize("b,t,h,kvh,q_offset,dh", [(4, 150, 4, 2, 0, 64), (3, 70, 4, 4, 9, 64),
+                                                   (1, 37, 8, 2, 0, 64), (2, 200, 2, 1, 131, 64),
+                                                   (3, 100, 4, 2, 0, 128), (2, 50, 2, 2, 7, 256)])
+def test_values_equal_float64_reference(march, b, t, h, kvh, q_offset, dh):
+  q, k, v, mask = _inputs(b, t, h, kvh, q_offset, dh=dh)
   got = np.asarray(cpu_attention.cpu_causal_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                                                       jnp.asarray(mask), q_offset=q_offset, march=march))
   want, seen = _reference(q, k, v, mask, q_offset)
@@ -85,9 +86,10 @@ def _dense(q, k, v, mask, q_offset):
 
 
 @pytest.mark.parametrize("march", _MARCHES)
-@pytest.mark.parametrize("b,t,h,kvh,q_offset", [(4, 150, 4, 2, 0), (2, 90, 4, 1, 17)])
-def test_gradients_equal_dense_autodiff(march, b, t, h, kvh, q_offset):
-  q, k, v, mask = (jnp.asarray(x) for x in _inputs(b, t, h, kvh, q_offset, seed=1))
+@pytest.mark.parametrize("b,t,h,kvh,q_offset,dh", [(4, 150, 4, 2, 0, 64), (2, 90, 4, 1, 17, 64),
+                                                   (3, 70, 4, 2, 5, 128)])
+def test_gradients_equal_dense_autodiff(march, b, t, h, kvh, q_offset, dh):
+  q, k, v, mask = (jnp.asarray(x) for x in _inputs(b, t, h, kvh, q_offset, seed=1, dh=dh))
   _, seen = _reference(*(np.asarray(x) for x in (q, k, v, mask)), q_offset)
   w = jnp.asarray(np.random.default_rng(2).standard_normal(q.shape).astype(np.float32) * seen[:, :, None, None])
 
@@ -158,10 +160,11 @@ def test_auto_choice_and_config_errors():
     assert attention_impl(small) == "blocked"
     with pytest.raises(ValueError, match="attn_impl='cpu_fused' runs on the CPU backend outside a multi-device"):
       attention_impl(small.replace(attn_impl="cpu_fused"))
-  with pytest.raises(ValueError, match="attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64"):
+  with pytest.raises(ValueError, match="attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64, 128"):
     ModelConfig.preset("small", attn_impl="cpu_fused", compute_dtype="float32")
-  with pytest.raises(ValueError, match="attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64"):
+  with pytest.raises(ValueError, match="attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64, 128"):
     ModelConfig.preset("tiny", attn_impl="cpu_fused", compute_dtype="bfloat16")
+  assert attention_impl(ModelConfig.preset("qwen3_0p6b", compute_dtype="bfloat16")) == "cpu_fused"  # head_dim 128
 
 
 def test_model_with_kernel_equals_blocked():
