@@ -34,6 +34,9 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # huge-page malloc for both steps, as launch/train.py runs (resd_jax/host_memory.py)
+  from resd_jax.host_memory import reexec_with_hugepage_malloc  # noqa: E402
+  reexec_with_hugepage_malloc()
 from resd_jax.context.batch import Batch  # noqa: E402
 from resd_jax.distill.losses import DistillConfig  # noqa: E402
 from resd_jax.distill.teacher import TeacherConfig  # noqa: E402
@@ -206,7 +209,8 @@ def main() -> None:
   flops = step_flops(cfg, b, ps + r, pt + r, r)
   print(f"machine: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f}; {args.preset} preset, B={b}, student {ps}+{r}, teacher {pt}+{r}, top-100 + tail, "
-        f"reverse KL, AdamW; {flops / 1e12:.2f} TFLOP per step (analytic)")
+        f"reverse KL, AdamW; {flops / 1e12:.2f} TFLOP per step (analytic); "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   on_cpu = jax.devices()[0].platform == "cpu"
   mm = matmul_rate(args.compute_dtype, n=2048 if on_cpu else 8192)
   peak = None if on_cpu else peak_tflops(args.peak_tflops)

@@ -57,5 +57,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from resd_jax.host_memory import reexec_with_hugepage_malloc
+  reexec_with_hugepage_malloc()  # once, before any work: glibc reads its tunables at start-up
   from resd_jax.config_schema import absl_flags_parser
   app.run(main, flags_parser=absl_flags_parser)
