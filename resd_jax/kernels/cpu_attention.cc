@@ -18,14 +18,13 @@
 // A row whose keys are all padding gets a finite output (the mean of its values over the keys it may see);
 // such rows are padding themselves and their outputs are never used.
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
 
+#include "ffi_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
@@ -240,33 +239,6 @@ void outer_accumulate(const uint32_t* wt, int ld_w, const uint32_t* yp, int ld_y
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Work distribution: units 0..n-1 handed out by an atomic counter to the calling thread and to helpers on
-// XLA's intra-op thread pool. The state lives on the heap so a helper that starts after all units are
-// claimed touches nothing of the caller's.
-
-struct Shared {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
-
-template <typename Fn>
-void parallel_units(ffi::ThreadPool& pool, int64_t n_units, Fn fn) {
-  auto shared = std::make_shared<Shared>();
-  auto work = [shared, n_units, &fn]() {
-    for (int64_t u; (u = shared->next.fetch_add(1)) < n_units;) {
-      fn(u);
-      shared->done.fetch_add(1);
-    }
-  };
-  // The helpers capture `fn` by reference: they only call it for a unit they claimed, and the caller waits
-  // until every claimed unit is done.
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), n_units - 1);
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  while (shared->done.load() < n_units) std::this_thread::yield();
-}
-
 struct Dims {
   int64_t b, tq, t, kvh, g, dh, q_offset;
   int64_t rows() const { return tq * g; }                  // query rows per (sequence, KV head) pair
@@ -394,10 +366,10 @@ ffi::Error AttentionForward(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi:
   float* lp = lse->typed_data();
   int64_t pairs = dm.b * dm.kvh;
   std::vector<Pack> packs(pairs);
-  parallel_units(pool, pairs, [&](int64_t p) { pack_pair(dm, p, kp, vp, mp, false, packs[p]); });
+  resd::parallel_units(pool, pairs, [&](int64_t p) { pack_pair(dm, p, kp, vp, mp, false, packs[p]); });
   // Units: (pair, block of kFwdUnit rows), longest rows first so the short ones fill in at the end.
   int64_t blocks = (dm.rows() + kFwdUnit - 1) / kFwdUnit;
-  parallel_units(pool, pairs * blocks, [&](int64_t u) {
+  resd::parallel_units(pool, pairs * blocks, [&](int64_t u) {
     int64_t blk = blocks - 1 - u / pairs, p = u % pairs;
     int64_t row0 = blk * kFwdUnit, rows = std::min<int64_t>(kFwdUnit, dm.rows() - row0);
     int n_pad = static_cast<int>(dm.keys_pad());
@@ -541,7 +513,7 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi
   const auto* qp = reinterpret_cast<const uint16_t*>(q.typed_data());
   const auto* kp = reinterpret_cast<const uint16_t*>(k.typed_data());
   const auto* vp = reinterpret_cast<const uint16_t*>(v.typed_data());
-  parallel_units(pool, dm.b * dm.kvh, [&](int64_t p) {
+  resd::parallel_units(pool, dm.b * dm.kvh, [&](int64_t p) {
     Pack pk;
     pack_pair(dm, p, kp, vp, mask.typed_data(), true, pk);
     backward_pair(dm, p, pk, qp, out.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resd_jax.kernels import cpu_attention
+from resd_jax.kernels.build import on_one_cpu
 from resd_jax.models.config import ModelConfig
 from resd_jax.models.kv_cache import KVCache
 from resd_jax.models.matmul import batched_matmul_einsum, mixed_einsum
@@ -234,12 +235,12 @@ def attention_impl(cfg: ModelConfig) -> str:
   """The full-sequence attention cfg.attn_impl resolves to on the default backend: `auto` is cudnn on an
   NVIDIA GPU that supports it (see cudnn_flash_supported) with bf16/fp16 compute; cpu_fused on the CPU outside
   a multi-device mesh with bf16 compute and a head size the kernel takes, if it compiles here; else blocked."""
-  if cfg.attn_impl == "cpu_fused" and not _on_one_cpu():
+  if cfg.attn_impl == "cpu_fused" and not on_one_cpu():
     raise ValueError("attn_impl='cpu_fused' runs on the CPU backend outside a multi-device mesh; "
                      "use attn_impl='auto' or 'blocked' here")
   if cfg.attn_impl != "auto":
     return cfg.attn_impl
-  if _on_one_cpu() and cpu_attention.supports(cfg.head_dim, cfg.compute_dtype) and cpu_attention.available():
+  if on_one_cpu() and cpu_attention.supports(cfg.head_dim, cfg.compute_dtype) and cpu_attention.available():
     return "cpu_fused"
   if jax.default_backend() != "gpu" or cfg.compute_dtype not in ("bfloat16", "float16"):
     return "blocked"
@@ -247,19 +248,12 @@ def attention_impl(cfg: ModelConfig) -> str:
   return "cudnn" if cudnn_flash_supported(capability, cfg.head_dim) else "blocked"
 
 
-def _on_one_cpu() -> bool:
-  """The CPU backend, outside a mesh of more than one device (where a per-device kernel or loop would need
-  the sharded batch gathered)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return jax.default_backend() == "cpu" and (mesh.empty or math.prod(mesh.axis_sizes) == 1)
-
-
 def attention_head_loop(cfg: ModelConfig) -> bool:
   """Whether blocked attention loops over (sequence, KV head) pairs: cfg.attn_head_loop, where `auto` is on
   for the CPU backend outside a mesh of more than one device."""
   if cfg.attn_head_loop != "auto":
     return cfg.attn_head_loop == "on"
-  return _on_one_cpu()
+  return on_one_cpu()
 
 
 def cached_attention(q, k_new, v_new, new_mask, k_old, v_old, old_mask, *, dtype) -> jax.Array:

@@ -136,17 +136,17 @@ def test_vmap_and_bad_input():
 def test_build_failure_is_one_clear_error(tmp_path, monkeypatch):
   monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
   with pytest.raises((RuntimeError, OSError)):
-    cpu_attention.build(out_dir=tmp_path)
+    cpu_attention.KERNEL.build(out_dir=tmp_path)
   monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
   with pytest.raises(RuntimeError, match="compiling cpu_attention.cc failed"):
-    cpu_attention.build(out_dir=tmp_path)
+    cpu_attention.KERNEL.build(out_dir=tmp_path)
   assert not list(tmp_path.glob("*.so"))
 
 
 def test_unavailable_kernel_falls_back_to_blocked(monkeypatch):
   cfg = ModelConfig.preset("small", compute_dtype="bfloat16", num_layers=1)
   assert attention_impl(cfg) == "cpu_fused"
-  monkeypatch.setattr(cpu_attention, "_state", {"error": "no compiler"})
+  monkeypatch.setattr(cpu_attention.KERNEL, "_state", {"error": "no compiler"})
   assert attention_impl(cfg) == "blocked"
 
 
@@ -195,11 +195,11 @@ def test_model_with_kernel_equals_blocked():
 
 
 def test_warns_once_when_build_fails(monkeypatch, tmp_path):
-  monkeypatch.setattr(cpu_attention, "_state", {})
+  monkeypatch.setattr(cpu_attention.KERNEL, "_state", {})
   monkeypatch.setenv("CXX", "false")
   monkeypatch.setenv("RESD_JAX_CACHE", str(tmp_path))
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     assert not cpu_attention.available()
     assert not cpu_attention.available()
-  assert len([w for w in caught if "CPU attention kernel is unavailable" in str(w.message)]) == 1
+  assert len([w for w in caught if "cpu_attention kernel is unavailable, using blocked attention" in str(w.message)]) == 1
