@@ -40,10 +40,11 @@ def _cpu_flags() -> str:
 
 
 class CppKernel:
-  """One source file's FFI handlers: `symbols` maps a short name ("fwd") to the exported handler symbol."""
+  """One source file's FFI handlers: `symbols` maps a short name ("fwd") to the exported handler symbol;
+  `simd_symbol` names an exported `int f()` that says whether the build has the fast (AVX-512) code path."""
 
-  def __init__(self, name: str, symbols: dict[str, str], what: str):
-    self.name, self.symbols, self.what = name, dict(symbols), what
+  def __init__(self, name: str, symbols: dict[str, str], what: str, simd_symbol: str):
+    self.name, self.symbols, self.what, self.simd_symbol = name, dict(symbols), what, simd_symbol
     self.source = _HERE / f"{name}.cc"
     self._lock = threading.Lock()
     self._state: dict[str, object] = {}  # march -> library; "error" -> why the native build failed
@@ -98,11 +99,19 @@ class CppKernel:
       return False
     try:
       self.load()
+      if not self.has_simd():
+        raise RuntimeError("this CPU has no AVX-512 (BF16) for its fast path")
       return True
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+      self._state.pop("native", None)
       self._state["error"] = str(e)
       warnings.warn(f"resd_jax: the {self.name} kernel is unavailable, using {self.what} ({e})")
       return False
+
+  def has_simd(self, march: str = "native") -> bool:
+    """Whether the `march` build compiled its vector code path (the portable one is for tests and checks)."""
+    self.load(march)
+    return bool(getattr(self._state[march], self.simd_symbol)())
 
 
 def on_one_cpu() -> bool:

@@ -549,3 +549,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ResdCpuAttentionForward, AttentionForward,
                                   .Attr<int64_t>("q_offset")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+// 1 when this build has the AVX512-BF16 code path; the library only uses builds that do.
+extern "C" int ResdCpuAttentionSimd() { return RESD_BF16_SIMD; }

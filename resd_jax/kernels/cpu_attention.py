@@ -21,7 +21,7 @@ from resd_jax.kernels.build import CppKernel
 
 HEAD_DIMS = (64, 128, 192, 256)  # head sizes the kernel takes (multiples of 64)
 KERNEL = CppKernel("cpu_attention", {"fwd": "ResdCpuAttentionForward", "bwd": "ResdCpuAttentionBackward"},
-                   what="blocked attention")
+                   what="blocked attention", simd_symbol="ResdCpuAttentionSimd")
 
 
 def available() -> bool:

@@ -104,3 +104,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ResdCpuTopK, TopK,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
                                   .Ret<ffi::Buffer<ffi::S32>>());
+
+// 1 when this build has the AVX-512 code path; the library only uses builds that do.
+extern "C" int ResdCpuTopKSimd() { return RESD_TOPK_SIMD; }

@@ -15,7 +15,7 @@ import numpy as np
 
 from resd_jax.kernels.build import CppKernel
 
-KERNEL = CppKernel("cpu_top_k", {"top_k": "ResdCpuTopK"}, what="XLA's top_k")
+KERNEL = CppKernel("cpu_top_k", {"top_k": "ResdCpuTopK"}, what="XLA's top_k", simd_symbol="ResdCpuTopKSimd")
 
 
 def available() -> bool:
