@@ -11,12 +11,13 @@
 //   mask   [B, T] bool, false = padding key
 //   out    [B, Tq, KVH, G, Dh] float32
 //   lse    [B, KVH, Tq, G] float32: each row's log-sum-exp of its masked scores (kept for the backward)
-// Backward: dout [B, Tq, KVH, G, Dh] bf16 -> dq (like q), dk, dv (like k) float32.
+// Backward: q, k, v, mask, out, lse and dout [B, Tq, KVH, G, Dh] float32 -> dq (like q), dk, dv (like k)
+// float32. Dh is 64, 128, 192 or 256 (slices of 64 in the sums over keys).
 //
 // The inner products use pairs of bf16 values: with AVX512-BF16, `vdpbf16ps` multiplies 16 pairs and adds
 // them into 16 float32 lanes. Without it, the same code runs on a plain 16-float vector type (correct, slower).
-// A row whose keys are all padding gets a finite output (the mean of its values over the keys it may see);
-// such rows are padding themselves and their outputs are never used.
+// A query row that sees no real key (padding before a row's first token) gets zeros and lse = kNeg, and the
+// backward gives it no gradient; such rows are padding themselves and their outputs are never used.
 
 #include <cmath>
 #include <cstdint>
