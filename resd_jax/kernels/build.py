@@ -93,8 +93,6 @@ class CppKernel:
     reported once, as a warning naming what is used instead. RESD_JAX_CPU_KERNELS=0 says no without trying."""
     if os.environ.get("RESD_JAX_CPU_KERNELS", "1") == "0":
       return False
-    if "native" in self._state:
-      return True
     if "error" in self._state:
       return False
     try:
@@ -103,8 +101,7 @@ class CppKernel:
         raise RuntimeError("this CPU has no AVX-512 (BF16) for its fast path")
       return True
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-      self._state.pop("native", None)
-      self._state["error"] = str(e)
+      self._state["error"] = str(e)  # a loaded build without the fast path stays loaded for explicit use
       warnings.warn(f"resd_jax: the {self.name} kernel is unavailable, using {self.what} ({e})")
       return False
 

@@ -160,6 +160,12 @@ void pack_key_major(int n, int n_pad, int dh, Get get, uint32_t* kp) {
   }
 }
 
+// One row's pairs along the head dimension: out[d2] = (row[2 d2], row[2 d2 + 1]), for `scores_tile`'s rows.
+template <typename Get>
+void pack_row_pairs(int dh, Get row, uint32_t* out) {
+  for (int d2 = 0; d2 < dh / 2; ++d2) out[d2] = pair(row(2 * d2), row(2 * d2 + 1));
+}
+
 template <typename Get>
 void pack_dim_major(int n, int n_pad, int dh, Get get, uint32_t* vp) {
   for (int j2 = 0; j2 < n_pad / 2; ++j2) {
@@ -280,7 +286,8 @@ void masked_scores(const Dims& dm, const uint32_t* const* qpair, const uint32_t*
 }
 
 struct Pack {  // one pair's keys and values, packed
-  std::vector<uint32_t> kp, vv;  // k key-major (scores), v dim-major (outputs)
+  std::vector<uint32_t> kp;      // k key-major (scores)
+  std::vector<uint32_t> vv;      // forward: v dim-major (outputs)
   std::vector<uint32_t> vp, kv;  // backward: v key-major (dp), k dim-major (dq)
   std::vector<float> bias;       // 0 or kNeg per key
   bool any_padding = false;
@@ -292,10 +299,11 @@ void pack_pair(const Dims& dm, int64_t p, const uint16_t* k, const uint16_t* v, 
   auto kget = [&](int j, int d) { return k[dm.ki(p, j, d)]; };
   auto vget = [&](int j, int d) { return v[dm.ki(p, j, d)]; };
   pk.kp.resize(static_cast<size_t>(n_pad) * dh / 2);
-  pk.vv.resize(static_cast<size_t>(n_pad) * dh / 2);
   pack_key_major(n, n_pad, dh, kget, pk.kp.data());
-  pack_dim_major(n, n_pad, dh, vget, pk.vv.data());
-  if (backward) {
+  if (!backward) {
+    pk.vv.resize(static_cast<size_t>(n_pad) * dh / 2);
+    pack_dim_major(n, n_pad, dh, vget, pk.vv.data());
+  } else {
     pk.vp.resize(static_cast<size_t>(n_pad) * dh / 2);
     pk.kv.resize(static_cast<size_t>(n_pad) * dh / 2);
     pack_key_major(n, n_pad, dh, vget, pk.vp.data());
@@ -330,8 +338,7 @@ void forward_rows(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q, 
     int64_t nr = std::min<int64_t>(R, row0 + rows - r0);
     for (int r = 0; r < R; ++r) {
       uint32_t* qb = qbuf.data() + r * dh / 2;
-      for (int d2 = 0; d2 < dh / 2; ++d2)
-        qb[d2] = r < nr ? pair(q[dm.qi(p, r0 + r, 2 * d2)], q[dm.qi(p, r0 + r, 2 * d2 + 1)]) : 0;
+      pack_row_pairs(dh, [&](int d) { return r < nr ? q[dm.qi(p, r0 + r, d)] : uint16_t{0}; }, qb);
       qpair[r] = qb;
     }
     int n = round_up(dm.key_end(r0 + nr - 1), kKeyAlign);
@@ -451,7 +458,8 @@ void backward_pair(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q,
     float row_lse[R], delta[R];
     for (int r = 0; r < R; ++r) {
       bool real = r < nr && lse[p * dm.rows() + r0 + r] > 0.5f * kNeg;
-      row_lse[r] = real ? lse[p * dm.rows() + r0 + r] : 0.0f;
+      // A row without keys (or past the end) gets lse = -kNeg: exp(score - lse) = 0, no probability.
+      row_lse[r] = real ? lse[p * dm.rows() + r0 + r] : -kNeg;
       float dl = 0.0f;
       for (int d = 0; d < dh; ++d) {
         float g = real ? dout[dm.qi(p, r0 + r, d)] : 0.0f;
@@ -460,19 +468,14 @@ void backward_pair(const Dims& dm, int64_t p, const Pack& pk, const uint16_t* q,
         dorow[r * dh + d] = f32_to_bf16(g);
       }
       delta[r] = dl;
-      for (int d2 = 0; d2 < dh / 2; ++d2) {
-        qbuf[r * dh / 2 + d2] = pair(qrow[r * dh + 2 * d2], qrow[r * dh + 2 * d2 + 1]);
-        dobuf[r * dh / 2 + d2] = pair(dorow[r * dh + 2 * d2], dorow[r * dh + 2 * d2 + 1]);
-      }
+      pack_row_pairs(dh, [&](int d) { return qrow[r * dh + d]; }, qbuf.data() + r * dh / 2);
+      pack_row_pairs(dh, [&](int d) { return dorow[r * dh + d]; }, dobuf.data() + r * dh / 2);
       qpair[r] = qbuf.data() + r * dh / 2;
       dopair[r] = dobuf.data() + r * dh / 2;
-      if (!real) row_lse[r] = -kNeg;  // exp(score - (-kNeg)) = 0: the row gets no probability
     }
-    for (int r2 = 0; r2 < R / 2; ++r2)
-      for (int d = 0; d < dh; ++d) {
-        qdim[r2 * dh + d] = pair(qrow[2 * r2 * dh + d], qrow[(2 * r2 + 1) * dh + d]);
-        dodim[r2 * dh + d] = pair(dorow[2 * r2 * dh + d], dorow[(2 * r2 + 1) * dh + d]);
-      }
+    // The tile's rows as dim-major pairs (pairs of rows), for dk += ds^T q and dv += p^T dout.
+    pack_dim_major(R, R, dh, [&](int r, int d) { return qrow[r * dh + d]; }, qdim.data());
+    pack_dim_major(R, R, dh, [&](int r, int d) { return dorow[r * dh + d]; }, dodim.data());
     int n = round_up(dm.key_end(r0 + nr - 1), kKeyAlign);
     masked_scores<R>(dm, qpair, pk.kp.data(), pk.bias.data(), pk.any_padding, r0, nr, n, s.data(), n);
     scores_tile<R, 2>(dopair, dh, pk.vp.data(), n_pad, n, dp.data(), n);

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from resd_jax.kernels.cpu_attention import HEAD_DIMS as _CPU_FUSED_HEAD_DIMS
+
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMAT = ("none", "full", "dots")
 _ATTN = ("auto", "blocked", "cpu_fused", "cudnn", "xla")
@@ -86,10 +88,11 @@ class ModelConfig:
       need(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     need(self.attn_impl != "cudnn" or self.compute_dtype != "float32",
          "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)")
-    need(self.attn_impl != "cpu_fused" or (self.compute_dtype == "bfloat16" and self.head_dim % 64 == 0
-                                            and self.head_dim <= 256),
-         f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim 64, 128, 192 or 256 (got "
-         f"{self.compute_dtype}, {self.head_dim}); use attn_impl='auto' or 'blocked'")
+    dims = ", ".join(map(str, _CPU_FUSED_HEAD_DIMS[:-1])) + f" or {_CPU_FUSED_HEAD_DIMS[-1]}"
+    need(self.attn_impl != "cpu_fused" or (self.compute_dtype == "bfloat16"
+                                            and self.head_dim in _CPU_FUSED_HEAD_DIMS),
+         f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim {dims} (got {self.compute_dtype}, "
+         f"{self.head_dim}); use attn_impl='auto' or 'blocked'")
     if self.rope_scaling is not None:
       keys = dict(self.rope_scaling)
       want = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
