@@ -10,8 +10,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["resd_jax", "resd_jax.*"]),
-    # The CPU attention kernel's source, compiled on first use (resd_jax/kernels/cpu_attention.py).
-    package_data={"resd_jax.kernels": ["*.cc"]},
+    # The CPU kernels' sources and their shared header, compiled on first use (resd_jax/kernels/build.py).
+    package_data={"resd_jax.kernels": ["*.cc", "*.h"]},
     install_requires=[
         # Lower bounds are the versions the test suite ran on.
         "jax>=0.10.2",

@@ -1,55 +1,6 @@
-"""BouncingSim (RESD paper settings). Variants: `:easy`, `:medium`, `:tiny` (= easy on the embedded model),
-`:medium_tiny`. `--config=configs/bouncingsim.py` alone means `:easy`.
+"""Alias of the packaged config `resd_jax/configs/bouncingsim.py` (edit that file; a wheel install ships it).
 
-Data: `data.train_path` / `data.test_path` name the released parquet / JSONL rows; left empty, scenes are
-generated locally (needs the `physics` extra: pymunk).
+Use as `--config=configs/bouncingsim.py[:variant]`, or `--config=bouncingsim[:variant]` with the `resd-train` command.
 """
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location("_resd_configs_base", pathlib.Path(__file__).with_name("base.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
-
-VARIANTS = ("", "easy", "medium", "tiny", "medium_tiny")
-
-
-def get_config(variant: str = ""):
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/bouncingsim.py has variants {VARIANTS[1:]}, got {variant!r}")
-  level = "medium" if variant.startswith("medium") else "easy"
-  c = base.get_base()
-  c.task.name = "bouncingsim"
-  c.task.level = level
-  c.model.source = "hf"
-  # Qwen/Qwen3-4B-Thinking-2507 (easy) or Qwen/Qwen3-30B-A3B-Thinking-2507 (medium): a local download.
-  c.model.path = ""
-  c.rollout.batch_prompts = 32
-  c.rollout.samples_per_prompt = 1
-  c.rollout.inner_updates = 4
-  c.rollout.max_prompt_len = 58368
-  c.rollout.max_response_len = 25600
-  c.data.epochs = 1
-  c.train.learning_rate = 1e-6
-  c.train.warmup_steps = 10
-  c.distill.top_k = 100
-  c.distill.eps_min = 0.2
-  c.distill.teacher_kind = "ema"  # the reference code keeps the initial weights: "frozen" reproduces it
-  c.context.prune_every = 4
-  c.eval.num_samples = 4
-  c.eval.temperature = 0.6
-  c.eval.top_p = 0.95
-  if level == "easy":
-    c.distill.alpha = 0.5
-    c.distill.teacher_rate = 1e-4
-    c.distill.success_weights = True
-    c.context.max_entries = 120
-  else:
-    c.distill.alpha = 1.0
-    c.distill.teacher_rate = 1e-2   # paper: the faster EMA for the MoE model
-    c.distill.success_weights = False
-    c.context.max_entries = 150
-    c.mesh.expert = 1               # raise on accelerators with enough devices for expert parallelism
-  if variant.endswith("tiny"):
-    base.tiny_overrides(c)
-  return c
+from resd_jax.configs.bouncingsim import *  # noqa: F401,F403
+from resd_jax.configs.bouncingsim import get_config  # noqa: F401

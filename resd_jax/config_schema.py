@@ -1,7 +1,7 @@
 """Validation of a resolved run config (an ml_collections ConfigDict from `configs/`) and its translation into
 the typed configs of the library. Every problem is one line saying what is wrong and how to fix it.
 
-`validate(cfg, n_devices)` checks, in order: unknown keys (against `configs/base.py`), the algorithm name,
+`validate(cfg, n_devices)` checks, in order: unknown keys (against `resd_jax/configs/base.py`), the algorithm name,
 that the batch divides the data-parallel mesh axes, the model source and its path, the data paths, and the
 ranges enforced by the typed configs (`RunParts`), which it returns.
 """
@@ -16,7 +16,6 @@ from typing import Any, Mapping
 
 ALGORITHMS = ("resd", "sdpo", "sdpo_ss", "grpo")
 MODEL_SOURCES = ("embedded", "preset", "hf", "gguf")
-BASE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "base.py"
 
 
 class ConfigError(ValueError):
@@ -38,11 +37,9 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def base_config():
-  """The defaults of `configs/base.py` (the schema every config must fit)."""
-  spec = importlib.util.spec_from_file_location("_resd_configs_base", BASE_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)  # type: ignore[union-attr]
-  return module.get_base()
+  """The defaults of `resd_jax/configs/base.py` (the schema every config must fit)."""
+  from resd_jax.configs import base
+  return base.get_base()
 
 
 def check_keys(cfg: Any) -> None:
@@ -50,7 +47,7 @@ def check_keys(cfg: Any) -> None:
   for key in _flatten(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg):
     if key not in known:
       close = difflib.get_close_matches(key, list(known), n=1)
-      hint = f"did you mean '{close[0]}'?" if close else "see configs/base.py for the known keys"
+      hint = f"did you mean '{close[0]}'?" if close else "see resd_jax/configs/base.py for the known keys"
       raise ConfigError(f"unknown config key '{key}'; {hint}")
 
 
@@ -262,7 +259,7 @@ def absl_flags_parser(argv: list[str]) -> list[str]:
       if missing and key.rsplit(".", 1)[-1] == missing.group(1):
         known = list(_flatten(base_config().to_dict()))
         close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see configs/base.py for the known keys"
+        hint = f"did you mean '{close[0]}'?" if close else "see resd_jax/configs/base.py for the known keys"
         raise SystemExit(f"config error: unknown config key '{key}' in {arg}; {hint}") from None
     raise SystemExit(f"config error: {text} (overrides given: {' '.join(bad) or 'none'}); override only keys "
-                     f"listed in configs/base.py, with values of the same type") from None
+                     f"listed in resd_jax/configs/base.py, with values of the same type") from None
