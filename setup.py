@@ -29,6 +29,8 @@ setup(
         "numpy>=2.0",
         "pyarrow>=15",  # reads the published parquet datasets
     ],
+    # Installed commands (work from a wheel, without the repository): configs by name, e.g. --config=manufactoria:tiny.
+    entry_points={"console_scripts": ["resd-train=resd_jax.cli.train:run"]},
     extras_require={
         # torch + accelerate: transformers reference models (accelerate is needed to read GGUF);
         # pymunk: scene-generator tests; matplotlib/nb*: analysis and notebook tests.

@@ -1,63 +1,13 @@
-"""Train with RESD (or the SDPO / GRPO baselines) from a config file.
+"""Train with RESD (or the SDPO / GRPO baselines) from a config; see resd_jax/cli/train.py.
 
   python launch/train.py --config=configs/manufactoria.py:tiny --workdir=runs/quick
-  python launch/train.py --config=configs/finer.py --config.model.path=models/qwen3-4b \
-      --config.data.train_path=... --config.data.test_path=... --workdir=runs/finer
-
-Re-running the same command resumes from the newest readable checkpoint in --workdir. Multi-host: run the
-same command on every host; process 0 writes files and its context state is broadcast to the others.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, optionally `path.py:variant`",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, playbooks")
-flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-  del argv
-  import jax
-  from resd_jax import config_schema
-  from resd_jax.parallel.mesh import maybe_initialize_distributed
-  cfg = _CONFIG.value
-  workdir = _WORKDIR.value or cfg.workdir
-  if not workdir:
-    sys.exit("error: no run directory; pass --workdir=<dir> (checkpoints, metrics and playbooks go there)")
-  cfg.workdir = workdir
-  maybe_initialize_distributed()
-  try:
-    config_schema.validate(cfg, jax.device_count())
-  except config_schema.ConfigError as e:
-    sys.exit(f"config error: {e}")
-  main_process = jax.process_index() == 0
-  if main_process:
-    print(config_schema.describe(cfg), flush=True)
-  from resd_jax.algorithms.resd import train
-  if cfg.task.name == "alfworld":  # multi-turn episodes
-    from resd_jax.algorithms.resd_multiturn import train
-  summary = train(cfg, workdir)
-  if main_process:
-    print(f"\n{summary.status} at step {summary.step}")
-    print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (steps {summary.checkpoint_steps})")
-    print(f"playbooks:   {os.path.join(workdir, 'playbooks')}")
-    print(f"metrics:     {os.path.join(workdir, 'metrics.jsonl')}")
-    if summary.best_step_by_rank is not None:
-      best = summary.validation[str(summary.best_step_by_rank)]
-      print(f"best validation step by the rank rule: {summary.best_step_by_rank} "
-            f"(per-task mean@n {best.get('per_task/mean@n', 0):.4f}, best@n {best.get('per_task/best@n', 0):.4f})")
-  if summary.status == "preempted":
-    sys.exit(0)
-
+from resd_jax.cli.train import run  # noqa: E402
 
 if __name__ == "__main__":
-  from resd_jax.host_memory import reexec_with_hugepage_malloc
-  reexec_with_hugepage_malloc()  # once, before any work: glibc reads its tunables at start-up
-  from resd_jax.config_schema import absl_flags_parser
-  app.run(main, flags_parser=absl_flags_parser)
+  run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import os
 import pathlib
 import re
 from typing import Any, Mapping
@@ -144,6 +145,22 @@ def check_data(cfg: Any) -> None:
                         f"previous run's --workdir (optionally with @STEP)")
 
 
+def check_workdir(path: str, what: str = "workdir") -> None:
+  """A run directory must be a folder we can create or write: not an existing file, not below a file."""
+  p = pathlib.Path(str(path)).expanduser()
+  if p.exists() and not p.is_dir():
+    raise ConfigError(f"{what}={str(path)!r} is an existing file, not a directory; pass a new or existing run "
+                      f"directory (checkpoints, metrics and playbooks go there)")
+  parent = p
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    raise ConfigError(f"{what}={str(path)!r} cannot be created: {str(parent)!r} is a file; pick another directory")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f"{what}={str(path)!r} is not writable ({str(parent)!r} denies writing); pick a directory "
+                      f"you can write to")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunParts:
   """The typed configs of the library, built (and thereby range-checked) from the ConfigDict."""
@@ -223,6 +240,8 @@ def validate(cfg: Any, n_devices: int) -> RunParts:
   check_batch(cfg, n_devices)
   check_model(cfg)
   check_data(cfg)
+  if cfg.workdir:
+    check_workdir(cfg.workdir)
   try:
     return build_parts(cfg, n_devices)
   except ConfigError:

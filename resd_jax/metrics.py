@@ -65,9 +65,10 @@ class MetricWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
                wandb_project: str | None = None, wandb_config: Mapping[str, Any] | None = None,
-               run_name: str | None = None):
+               run_name: str | None = None, console: bool = False):
     self.workdir = pathlib.Path(workdir)
     self.enabled = enabled
+    self.console = console
     self._tb = None
     self._tb_kind = ""
     self._wandb = None
@@ -129,6 +130,8 @@ class MetricWriter:
       self._tb.flush()
     if self._wandb is not None:
       self._wandb.log(flat, step=int(step))
+    if self.console:
+      print(console_line(step, flat), flush=True)
     return flat
 
   def close(self) -> None:
@@ -139,6 +142,27 @@ class MetricWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
+
+
+# What a console line shows of a step's metrics, in this order (name in the line, metric key, format).
+_STEP_FIELDS = (("success", "rollout/success", "{:.2f}"), ("reward", "rollout/reward", "{:.2f}"),
+                ("resp_tokens", "rollout/response_tokens", "{:.0f}"), ("loss", "train/loss", "{:.4g}"),
+                ("kl", "train/kl_t1", "{:.4g}"), ("playbook", "context/playbook/size", "{:.0f}"),
+                ("reflect_parse_failed", "context/reflect/parse_failed", "{:.2f}"))
+_VAL_FIELDS = (("per_task mean@n", "val/per_task/mean@n", "{:.4f}"), ("best@n", "val/per_task/best@n", "{:.4f}"),
+               ("per_test_case mean@n", "val/per_test_case/mean@n", "{:.4f}"))
+
+
+def console_line(step: int, flat: Mapping[str, float]) -> str:
+  """One line per write for the terminal: the phase times of a step and its headline metrics, or a validation."""
+  if any(k.startswith("val/") for k in flat):
+    parts = [f"{name} {fmt.format(flat[key])}" for name, key, fmt in _VAL_FIELDS if key in flat]
+    secs = flat.get("time/validation")
+    return f"validation at step {int(step)}: " + ", ".join(parts) + (f" ({secs:.1f} s)" if secs is not None else "")
+  times = [f"{k[len('time/'):]} {v:.1f}s" for k, v in flat.items()
+           if k.startswith("time/") and "/" not in k[len("time/"):]]
+  parts = [f"{name} {fmt.format(flat[key])}" for name, key, fmt in _STEP_FIELDS if key in flat]
+  return f"step {int(step)}: " + ", ".join(times) + (" | " + ", ".join(parts) if parts else "")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -138,3 +138,38 @@ def test_launch_reports_bad_overrides_in_one_line(tmp_path):
   rc, lines = _launch("--config=configs/manufactoria.py", f"--workdir={tmp_path}")
   assert rc != 0 and len(lines) == 1 and "--config.model.path" in lines[0]
   assert not any(tmp_path.iterdir())  # nothing written for a bad config
+
+
+@pytest.mark.parametrize("name,variant", [(n, v) for n, vs in FILES.items() for v in vs])
+def test_packaged_configs_equal_the_checkout_files(name, variant):
+  from resd_jax import configs
+  spec = f"{name}:{variant}" if variant else name
+  assert configs.load(spec).to_dict() == load(name, variant).to_dict()
+  assert configs.load(f"{ROOT / 'configs' / name}.py" + (f":{variant}" if variant else "")).to_dict() == \
+      load(name, variant).to_dict()
+
+
+def test_config_names_resolve_to_packaged_files_and_bad_names_say_so():
+  from resd_jax import configs
+  from resd_jax.cli.common import resolve_config_args
+  args = resolve_config_args(["prog", "--config=manufactoria:tiny", "--config=configs/finer.py:tiny", "--workdir=x"])
+  assert args[1] == f"--config={configs.module_path('manufactoria')}:tiny"
+  assert args[1].endswith("resd_jax/configs/manufactoria.py:tiny")
+  assert args[2:] == ["--config=configs/finer.py:tiny", "--workdir=x"]
+  with pytest.raises(ValueError, match="unknown config 'manufactory'; the packaged configs are base, manufactoria"):
+    configs.load("manufactory:tiny")
+  with pytest.raises(ValueError, match="config file 'nope.py' does not exist"):
+    configs.load("nope.py")
+
+
+def test_workdir_that_is_a_file_is_one_line_before_any_work(tmp_path):
+  f = tmp_path / "not_a_dir"
+  f.write_text("keep me")
+  rc, lines = _launch("--config=configs/manufactoria.py:tiny", f"--workdir={f}")
+  assert rc != 0 and len(lines) == 1 and "is an existing file, not a directory" in lines[0], lines
+  assert f.read_text() == "keep me"
+  rc, lines = _launch("--config=configs/manufactoria.py:tiny", f"--workdir={f}/run")
+  assert rc != 0 and len(lines) == 1 and "cannot be created" in lines[0], lines
+  c = load("manufactoria", "tiny")
+  c.workdir = str(f)
+  _one_line_error(c, "is an existing file")

@@ -34,3 +34,14 @@ def test_playbook_text_and_quiet_progress(tmp_path):
   assert p.name == "playbook_00000012.txt" and "check empty tape" in p.read_text()
   bar = mx.progress(range(3), desc="x", enabled=False)
   assert list(bar) == [0, 1, 2]
+
+
+def test_console_lines_show_phases_headlines_and_validation(tmp_path, capsys):
+  w = mx.MetricWriter(tmp_path, console=True, tensorboard=False)
+  w.write(3, {"time/rollout": 21.04, "time/context": 70.0, "time/nested/part": 1.0, "rollout/success": (1.0, 4),
+              "train/loss": (0.5, 2), "context/playbook/size": (7, 1)})
+  w.write(4, {"val/per_task/mean@n": 0.25, "val/per_task/best@n": 0.5, "time/validation": 33.3})
+  w.close()
+  out = capsys.readouterr().out.splitlines()
+  assert out == ["step 3: rollout 21.0s, context 70.0s | success 0.25, loss 0.25, playbook 7",
+                 "validation at step 4: per_task mean@n 0.2500, best@n 0.5000 (33.3 s)"]

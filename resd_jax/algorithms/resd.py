@@ -143,8 +143,15 @@ class Trainer:
                                   keep=int(cfg.checkpoint.keep), best_metric=cfg.checkpoint.best_metric or None)
       self._restore_or_init()
       self.writer = mx.MetricWriter(self.workdir, enabled=self.is_main, tensorboard=bool(cfg.metrics.tensorboard),
-                                    wandb_project=cfg.metrics.wandb_project or None, wandb_config=cfg.to_dict())
+                                    wandb_project=cfg.metrics.wandb_project or None, wandb_config=cfg.to_dict(),
+                                    console=bool(cfg.metrics.console))
     self.state = self._place(self.state)
+
+  def say(self, message: str) -> None:
+    """A progress line on the terminal (process 0, `metrics.console`); also logged at INFO."""
+    log.info(message)
+    if self.is_main and bool(self.cfg.metrics.console):
+      print(message, flush=True)
 
   # ----- algorithm switches (overridden by the baselines' helpers via `kind`) ------------------------------
   def context_config(self):
@@ -196,15 +203,15 @@ class Trainer:
         log.warning("resuming step %d of %s with a config that differs from the saved one", step, self.workdir)
       if self.is_main:
         self._trim_metrics(step)
-      log.info("resumed from checkpoint step %d in %s", step, self.ckpt.directory)
+      self.say(f"resumed from checkpoint step {step} in {self.ckpt.directory}")
       return
     if self.cfg.init_from:
       src_step, arrays, side = ck.restore_readonly(self.cfg.init_from, abstract)
       self.state = init_train_state(arrays.params, self.optimizer, self.parts.step.teacher, int(self.cfg.seed))
       if self.cfg.init_playbook:
         self.updater.load_state_dict(side["context"])
-      log.info("initialised from %s (step %d)%s", self.cfg.init_from, src_step,
-               " with its playbook and solution buffer" if self.cfg.init_playbook else "")
+      self.say(f"initialised from {self.cfg.init_from} (step {src_step})"
+               + (" with its playbook and solution buffer" if self.cfg.init_playbook else ""))
 
   def _trim_metrics(self, step: int) -> None:
     """Drop metric lines past the restored step (written by the run that was killed after its checkpoint)."""
@@ -358,7 +365,10 @@ class Trainer:
     saved_step = self.resumed_from
     with ck.PreemptionFlag() as flag:
       if self.resumed_from is None and cur.step == 0 and cfg.eval.before_training:
+        self.say("validation before training ...")
         self.validate()
+      self.say(f"training: {len(batches)} outer batches x {K} inner updates per epoch, {epochs} epoch(s)"
+               + (f", stopping at step {max_steps}" if max_steps else "") + f"; next step {cur.step + 1}")
       progress = mx.progress(total=epochs * len(batches) * K, desc=f"{self.kind} steps",
                              enabled=None if cfg.metrics.progress else False)
       progress.update(cur.step)

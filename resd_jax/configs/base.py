@@ -152,6 +152,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.metrics.tensorboard = True
   c.metrics.wandb_project = ""
   c.metrics.progress = True      # tqdm bars (quiet anyway when stderr is not a terminal)
+  c.metrics.console = True       # one line per step and per validation on stdout (process 0)
   return c
 
 
