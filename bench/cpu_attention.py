@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from resd_jax.kernels import cpu_attention  # noqa: E402
-from resd_jax.models.transformer import causal_attention  # noqa: E402
+from resd_jax.models.attention import causal_attention  # noqa: E402
 
 
 def _median_ms(fn, args, iters: int) -> float:

@@ -37,11 +37,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 if __name__ == "__main__":  # huge-page malloc for both steps, as launch/train.py runs (resd_jax/host_memory.py)
   from resd_jax.host_memory import reexec_with_hugepage_malloc  # noqa: E402
   reexec_with_hugepage_malloc()
-from resd_jax.context.batch import Batch  # noqa: E402
+from resd_jax.train.batch import Batch  # noqa: E402
 from resd_jax.distill.losses import DistillConfig  # noqa: E402
 from resd_jax.distill.teacher import TeacherConfig  # noqa: E402
 from resd_jax.models import ModelConfig, Transformer  # noqa: E402
-from resd_jax.models.transformer import attention_head_loop, attention_impl  # noqa: E402
+from resd_jax.models.attention import attention_head_loop, attention_impl  # noqa: E402
 from resd_jax.train import state as st  # noqa: E402
 from resd_jax.train.optim import OptimConfig, make_optimizer  # noqa: E402
 from resd_jax.train.step import StepConfig, make_sd_step  # noqa: E402

@@ -113,7 +113,7 @@ def check_model(cfg: Any) -> None:
     raise ConfigError(f"model.tokenizer={str(m.tokenizer)!r} does not exist; point it at a tokenizer directory "
                       f"or leave it empty")
   from resd_jax.models import config as mc
-  for key, allowed in mc.NUMERICS_CHOICES.items():
+  for key, allowed in mc.numerics_choices().items():
     if str(m[key]) not in allowed:
       raise ConfigError(f"model.{key}={str(m[key])!r} is not one of {allowed}; fix --config.model.{key}")
   if str(m.attn_impl) == "cudnn" and str(m.compute_dtype) == "float32":

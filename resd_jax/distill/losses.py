@@ -45,8 +45,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from resd_jax.kernels import cpu_top_k
-from resd_jax.kernels.build import on_one_cpu
+from resd_jax import backends
 
 Array = jax.Array
 LogitsFn = Callable[[Any], Array]
@@ -164,11 +163,12 @@ def top_k_ids(x: Array, k: int) -> Array:
   entry plus ~13 us per row; this reads each entry once for the group maxima and sorts 1/16 + 16k/V of the
   row (512 rows of V = 32,768: 36 -> 26 ms; of V = 151,936: 106 -> 42 ms). Rows shorter than 32 k entries
   (small test vocabularies) use one top_k. On the CPU outside a multi-device mesh, float32 rows go to our C++
-  kernel instead when it builds (resd_jax/kernels/cpu_top_k.py; same ids).
+  kernel instead when it builds (an optional backend: resd_jax/kernels/cpu_top_k.py; same ids).
   """
   *lead, v = x.shape
-  if x.dtype == jnp.float32 and 1 <= k <= v and on_one_cpu() and cpu_top_k.available():
-    return cpu_top_k.top_k_ids(x, k)  # one pass per row in C++, same ids (resd_jax/kernels/cpu_top_k.py)
+  for optional in backends.of_kind("top_k"):
+    if optional.auto(x, k):
+      return optional.fn(x, k)  # e.g. one pass per row in C++, same ids (resd_jax/kernels/cpu_top_k.py)
   g = _TOPK_GROUP
   if v < 2 * g * k:
     return jax.lax.top_k(x, k)[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import pathlib
 import shutil
@@ -109,10 +108,3 @@ class CppKernel:
     """Whether the `march` build compiled its vector code path (the portable one is for tests and checks)."""
     self.load(march)
     return bool(getattr(self._state[march], self.simd_symbol)())
-
-
-def on_one_cpu() -> bool:
-  """The CPU backend, outside a mesh of more than one device: where the kernels (which see whole arrays) and
-  the CPU-only loops apply without gathering a sharded batch."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return jax.default_backend() == "cpu" and (mesh.empty or math.prod(mesh.axis_sizes) == 1)

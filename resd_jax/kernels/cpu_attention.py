@@ -8,6 +8,7 @@ probabilities from the saved log-sum-exp, like flash attention.
 
 The source is compiled on first use (resd_jax/kernels/build.py). `available()` says whether that worked;
 `ModelConfig.attn_impl="auto"` uses the kernel only when it did, and falls back to blocked attention otherwise.
+The kernel is the optional attention backend `cpu_fused` (registered below, see resd_jax/backends.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resd_jax import backends
 from resd_jax.kernels.build import CppKernel
 
 HEAD_DIMS = (64, 128, 192, 256)  # head sizes the kernel takes (multiples of 64)
@@ -65,7 +67,7 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def cpu_causal_attention(q, k, v, kv_mask, *, q_offset: int = 0, march: str = "native") -> jax.Array:
-  """Same arguments and result as `resd_jax.models.transformer.causal_attention` (q [B, Tq, H, Dh] for
+  """Same arguments and result as `resd_jax.models.attention.causal_attention` (q [B, Tq, H, Dh] for
   positions q_offset .. T-1, k/v [B, T, KVH, Dh], kv_mask [B, T] with False = padding; float32
   [B, Tq, H, Dh]), in bf16 with float32 accumulation. A query row that sees no real key (a padding row before
   the first real token) gets zeros and passes no gradient."""
@@ -81,3 +83,31 @@ def cpu_causal_attention(q, k, v, kv_mask, *, q_offset: int = 0, march: str = "n
   qs = (q.astype(f32) * (dh ** -0.5)).reshape(b, tq, kvh, h // kvh, dh)
   out = _attention(qs, k.astype(f32), v.astype(f32), kv_mask.astype(bool), int(q_offset), march)
   return out.reshape(b, tq, h, dh)
+
+
+def _config_error(cfg) -> str | None:
+  if supports(cfg.head_dim, cfg.compute_dtype):
+    return None
+  dims = ", ".join(map(str, HEAD_DIMS[:-1])) + f" or {HEAD_DIMS[-1]}"
+  return (f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim {dims} (got {cfg.compute_dtype}, "
+          f"{cfg.head_dim}); use attn_impl='auto' or 'blocked'")
+
+
+def _runtime_error(cfg) -> str | None:
+  del cfg
+  if backends.on_one_cpu():
+    return None
+  return ("attn_impl='cpu_fused' runs on the CPU backend outside a multi-device mesh; use attn_impl='auto' or "
+          "'blocked' here")
+
+
+def _auto(cfg) -> bool:
+  return backends.on_one_cpu() and supports(cfg.head_dim, cfg.compute_dtype) and available()
+
+
+def _backend_call(q, k, v, kv_mask, *, q_offset: int = 0) -> jax.Array:
+  return cpu_causal_attention(q, k, v, kv_mask, q_offset=q_offset)
+
+
+backends.register(backends.Backend("attention", "cpu_fused", fn=_backend_call, auto=_auto,
+                                   config_error=_config_error, runtime_error=_runtime_error))

@@ -9,15 +9,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from resd_jax.kernels.cpu_attention import HEAD_DIMS as _CPU_FUSED_HEAD_DIMS
+from resd_jax import backends
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMAT = ("none", "full", "dots")
-_ATTN = ("auto", "blocked", "cpu_fused", "cudnn", "xla")
+_ATTN_BUILTIN = ("auto", "blocked", "cudnn", "xla")
 _SWITCH = ("auto", "on", "off")
-# The allowed values of the numerics fields, checked here and by the run config (resd_jax/config_schema.py).
-NUMERICS_CHOICES = {"param_dtype": _DTYPES, "compute_dtype": _DTYPES, "remat": _REMAT, "attn_impl": _ATTN,
-                    "attn_head_loop": _SWITCH}
+
+
+def numerics_choices() -> dict[str, tuple[str, ...]]:
+  """The allowed values of the numerics fields, checked here and by the run config (resd_jax/config_schema.py);
+  attention: the built-in implementations and the registered optional backends (resd_jax/backends.py)."""
+  attn = _ATTN_BUILTIN + tuple(b.name for b in backends.of_kind("attention"))
+  return {"param_dtype": _DTYPES, "compute_dtype": _DTYPES, "remat": _REMAT, "attn_impl": attn,
+          "attn_head_loop": _SWITCH}
 _ARCHS = ("qwen3", "qwen3_moe", "qwen2", "llama")
 
 
@@ -58,8 +63,9 @@ class ModelConfig:
   compute_dtype: str = "float32"  # matmul inputs; accumulation is always float32
   attn_block: int = 256           # causal attention is computed in query blocks of this many rows
   attn_max_unrolled_blocks: int = 16  # more blocks than this (long contexts) run under a rematerialised scan
-  # Full-sequence attention: "blocked" (ours, above), "cpu_fused" (our C++ kernel for the CPU, compiled on
-  # first use: resd_jax/kernels/cpu_attention.py; bf16 compute, head_dim 64-256 in steps of 64, one device),
+  # Full-sequence attention (resd_jax/models/attention.py): "blocked" (ours, above), "cpu_fused" (an optional
+  # backend: our C++ kernel for the CPU, compiled on first use: resd_jax/kernels/cpu_attention.py; bf16
+  # compute, head_dim 64-256 in steps of 64, one device),
   # "cudnn" (the fused flash kernel of NVIDIA GPUs, through jax.nn.dot_product_attention; bf16/fp16 compute),
   # "xla" (jax.nn's reference, [T, T] scores; for tests), "auto" = cudnn on an Ampere-or-newer NVIDIA GPU with
   # bf16/fp16 compute, cpu_fused on the CPU where it applies and compiles, else blocked. Decoding with a KV
@@ -84,15 +90,13 @@ class ModelConfig:
          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     need(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-    for name, allowed in NUMERICS_CHOICES.items():
+    for name, allowed in numerics_choices().items():
       need(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     need(self.attn_impl != "cudnn" or self.compute_dtype != "float32",
          "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)")
-    dims = ", ".join(map(str, _CPU_FUSED_HEAD_DIMS[:-1])) + f" or {_CPU_FUSED_HEAD_DIMS[-1]}"
-    need(self.attn_impl != "cpu_fused" or (self.compute_dtype == "bfloat16"
-                                            and self.head_dim in _CPU_FUSED_HEAD_DIMS),
-         f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim {dims} (got {self.compute_dtype}, "
-         f"{self.head_dim}); use attn_impl='auto' or 'blocked'")
+    optional = backends.get("attention", self.attn_impl)
+    error = optional.config_error(self) if optional is not None else None
+    need(error is None, error)
     if self.rope_scaling is not None:
       keys = dict(self.rope_scaling)
       want = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}

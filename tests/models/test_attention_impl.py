@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from resd_jax.models import ModelConfig, Transformer
-from resd_jax.models.transformer import (attention_head_loop, attention_impl, causal_attention,
-                                         cudnn_flash_supported, fused_causal_attention)
+from resd_jax.models.attention import (attention_head_loop, attention_impl, causal_attention,
+                                       cudnn_flash_supported, fused_causal_attention)
 
 # Rows: left- and right-padded, unpadded, all padding, right-padded only.
 _T = 13

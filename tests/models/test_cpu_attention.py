@@ -12,7 +12,7 @@ from flax import nnx
 
 from resd_jax.kernels import cpu_attention
 from resd_jax.models import ModelConfig, Transformer
-from resd_jax.models.transformer import attention_impl
+from resd_jax.models.attention import attention_impl
 
 def _builds() -> bool:
   try:
