@@ -65,7 +65,7 @@ def main() -> None:
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
-  from resd_jax.context.batch import Batch  # noqa: PLC0415
+  from resd_jax.train.batch import Batch  # noqa: PLC0415
   from resd_jax.distill.teacher import TeacherConfig  # noqa: PLC0415
   from resd_jax.models import ModelConfig, Transformer  # noqa: PLC0415
   from resd_jax.parallel import make_mesh  # noqa: PLC0415

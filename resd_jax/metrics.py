@@ -20,6 +20,22 @@ log = logging.getLogger(__name__)
 MetricValue = float | int | tuple[float, int]
 
 
+class Metrics(dict):
+  """Metrics as name -> (sum, count); `add` accumulates, `mean` divides (0 when the count is 0)."""
+
+  def add(self, name: str, value: float, count: int = 1) -> None:
+    s, c = self.get(name, (0.0, 0))
+    self[name] = (s + float(value), c + int(count))
+
+  def merge(self, other: dict[str, tuple[float, int]], prefix: str = "") -> None:
+    for k, (s, c) in other.items():
+      self.add(prefix + k, s, c)
+
+  def mean(self, name: str) -> float:
+    s, c = self.get(name, (0.0, 0))
+    return s / c if c else 0.0
+
+
 def reduce_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Flatten (sum, count) pairs to means plus raw sums; plain numbers pass through; other values are dropped."""
   out: dict[str, float] = {}

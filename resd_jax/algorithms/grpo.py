@@ -11,10 +11,11 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from resd_jax.context import BatchShape, GradedSample, Metrics, assemble_batch
+from resd_jax.context.types import GradedSample
+from resd_jax.metrics import Metrics
 from resd_jax.models.tokenizer import chat_tokens, pad_token_id
 from resd_jax.rl.grpo import group_advantages
-from resd_jax.train.step import GRPOBatch
+from resd_jax.train.batch import BatchShape, GRPOBatch, assemble_batch
 
 
 def grpo_batch(samples: Sequence[GradedSample], cfg: Any, shape: BatchShape, tokenizer: Any,

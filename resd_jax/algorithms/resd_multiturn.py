@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resd_jax.algorithms import resd
-from resd_jax.context import Batch, BatchShape, GradedSample, Metrics, assemble_batch
+from resd_jax.context import GradedSample, Metrics
 from resd_jax.context.playbook import Playbook
 from resd_jax.context.teacher_context import TeacherContextConfig, build_teacher_context, solution_for
 from resd_jax.context.updater import UpdateResult
@@ -39,7 +39,7 @@ from resd_jax.rl.grpo import group_advantages
 from resd_jax.rollout.multi_turn import Episode, MultiTurnConfig, RolloutTimes, episode_metrics, run_episodes
 from resd_jax.sampling import SamplingParams, generate_rollouts
 from resd_jax.tasks.base import Example, Grade
-from resd_jax.train.step import GRPOBatch
+from resd_jax.train.batch import Batch, BatchShape, GRPOBatch, assemble_batch
 
 EVAL_SPLITS = ("valid_seen", "valid_unseen")
 

@@ -1,7 +1,7 @@
 """The context engine: playbook, reflection, success tagging, curation, pruning, solution buffer, teacher
 context and batch assembly (DESIGN.md section 1, steps 3-4)."""
 from resd_jax.context.assemble import distillation_batch
-from resd_jax.context.batch import Batch, BatchShape, assemble_batch
+from resd_jax.train.batch import Batch, BatchShape, assemble_batch
 from resd_jax.context.config import ContextConfig
 from resd_jax.context.playbook import SECTION_KEYS, Entry, Playbook
 from resd_jax.context.prompts import PROMPTS_VERSION

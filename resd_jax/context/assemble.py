@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from resd_jax.context.batch import Batch, BatchShape, assemble_batch
+from resd_jax.train.batch import Batch, BatchShape, assemble_batch
 from resd_jax.context.playbook import Playbook
 from resd_jax.context.teacher_context import (TeacherContext, TeacherContextConfig, build_teacher_context,
                                               solution_for, token_counter)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from resd_jax.metrics import Metrics  # noqa: F401 (the accumulator the context engine hands back)
 from resd_jax.tasks.base import Example, Grade
 
 
@@ -15,19 +16,3 @@ class GradedSample:
   rollout_logprobs: list[float] | None
   grade: Grade
   truncated: bool = False
-
-
-class Metrics(dict):
-  """Metrics as name -> (sum, count); `add` accumulates, `mean` divides (0 when the count is 0)."""
-
-  def add(self, name: str, value: float, count: int = 1) -> None:
-    s, c = self.get(name, (0.0, 0))
-    self[name] = (s + float(value), c + int(count))
-
-  def merge(self, other: dict[str, tuple[float, int]], prefix: str = "") -> None:
-    for k, (s, c) in other.items():
-      self.add(prefix + k, s, c)
-
-  def mean(self, name: str) -> float:
-    s, c = self.get(name, (0.0, 0))
-    return s / c if c else 0.0

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resd_jax.distill import losses, teacher as teacher_lib
 from resd_jax.parallel import sharding as shd
 from resd_jax.rl import grpo
+from resd_jax.train.batch import GRPOBatch
 from resd_jax.train.optim import OptimConfig, make_optimizer, make_schedule
 from resd_jax.train.state import TrainState
 
@@ -286,20 +287,6 @@ def make_sd_step(graphdef: nnx.GraphDef, cfg: StepConfig, mesh: Any = None, rule
     return state, {**metrics, **update_metrics}
 
   return JittedStep(step, mesh, rules)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class GRPOBatch:
-  """What the GRPO step reads: student_tokens/mask [B, L], response_tokens/mask [B, R], rollout_logprobs
-  [B, R] (behaviour policy), advantages [B] (from `grpo.group_advantages`), sample_weight [B]."""
-  student_tokens: Any
-  student_mask: Any
-  response_tokens: Any
-  response_mask: Any
-  rollout_logprobs: Any
-  advantages: Any
-  sample_weight: Any
 
 
 def make_grpo_step(graphdef: nnx.GraphDef, cfg: StepConfig, mesh: Any = None, rules: Optional[shd.Rules] = None

@@ -4,7 +4,7 @@ import pytest
 
 from context_fakes import ByteChatTokenizer, sample
 from resd_jax.context.assemble import distillation_batch
-from resd_jax.context.batch import BatchShape
+from resd_jax.train.batch import BatchShape
 from resd_jax.context.playbook import Playbook
 from resd_jax.context.teacher_context import TeacherContextConfig
 from resd_jax.context.types import Metrics

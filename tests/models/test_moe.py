@@ -203,7 +203,7 @@ def _train(mesh, steps=1):
   from resd_jax.train import state as st
   from resd_jax.train import step as S
   from resd_jax.train.optim import make_optimizer
-  from resd_jax.context.batch import Batch
+  from resd_jax.train.batch import Batch
   from resd_jax.distill.losses import DistillConfig
   from resd_jax.distill.teacher import TeacherConfig
   from resd_jax.train.optim import OptimConfig

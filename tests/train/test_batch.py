@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resd_jax.context.batch import Batch, BatchShape, assemble_batch
+from resd_jax.train.batch import Batch, BatchShape, assemble_batch
 from resd_jax.context.types import Metrics
 
 PAD = 0

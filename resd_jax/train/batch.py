@@ -1,4 +1,4 @@
-"""Assembly of the fixed-shape `Batch` the jitted train step consumes.
+"""What the jitted train steps read: the self-distillation `Batch` (and its assembly) and the `GRPOBatch`.
 
 Layout of one row (student shown; the teacher row is the same with its own prompt length Pt):
 
@@ -21,13 +21,12 @@ Layout of one row (student shown; the teacher row is the same with its own promp
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from resd_jax.context.config import require_positive
-from resd_jax.context.types import Metrics
+from resd_jax.metrics import Metrics
 
 
 @jax.tree_util.register_dataclass
@@ -53,8 +52,9 @@ class BatchShape:
   max_response_len: int
 
   def __post_init__(self):
-    require_positive(self, "batch_shape", ("batch_size", "max_prompt_len", "max_teacher_prompt_len",
-                                           "max_response_len"))
+    for name in ("batch_size", "max_prompt_len", "max_teacher_prompt_len", "max_response_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"batch_shape.{name} must be > 0, got {getattr(self, name)}")
     if self.max_teacher_prompt_len < self.max_prompt_len:
       raise ValueError(f"batch_shape.max_teacher_prompt_len ({self.max_teacher_prompt_len}) must be >= "
                        f"max_prompt_len ({self.max_prompt_len}): the teacher prompt extends the student prompt")
@@ -116,3 +116,17 @@ def assemble_batch(student_prompts: Sequence[Sequence[int]], teacher_prompts: Se
   return Batch(student_tokens=st, student_mask=sm, teacher_tokens=tt, teacher_mask=tm,
                response_tokens=st[:, Ps:].copy(), response_mask=sm[:, Ps:].astype(np.float32),
                sample_weight=weight, sd_mask=sd, rollout_logprobs=lp)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class GRPOBatch:
+  """What the GRPO step reads: student_tokens/mask [B, L], response_tokens/mask [B, R], rollout_logprobs
+  [B, R] (behaviour policy), advantages [B] (from `grpo.group_advantages`), sample_weight [B]."""
+  student_tokens: Any
+  student_mask: Any
+  response_tokens: Any
+  response_mask: Any
+  rollout_logprobs: Any
+  advantages: Any
+  sample_weight: Any
