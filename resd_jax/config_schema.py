@@ -136,7 +136,7 @@ def check_data(cfg: Any) -> None:
                         f"there or fix --config.data.{split}_path")
     if not path and cfg.task.name in _NEEDS_DATA:
       raise ConfigError(f"data.{split}_path is empty and task {cfg.task.name!r} has no generator; pass "
-                        f"--config.data.{split}_path=<file> (see the README section for {cfg.task.name})")
+                        f"--config.data.{split}_path=<file> (see docs/task-api.md, {cfg.task.name})")
   if cfg.init_from:
     from resd_jax.checkpointing import find_checkpoint_dir
     src = str(cfg.init_from).rpartition("@")[0] if "@" in pathlib.Path(str(cfg.init_from)).name else cfg.init_from

@@ -2,7 +2,7 @@
 and the rank rule that picks a checkpoint from the logged validation steps.
 
 Which `Grade` field is "per-task" and which is "per-test-case" is a per-task attribute (`eval_fields`), because
-the paper's columns map to different fields per task (TASKS.md section 0):
+the paper's columns map to different fields per task (docs/TASKS.md §0):
   * Manufactoria, BouncingSim: per-task = `reward` (all tests pass), per-test-case = `acc` (fraction passed).
   * FiNER: per-task = all four tags right, per-test-case = fraction of tags right. Our FiNER grader already
     puts the tag fraction in `acc`, but its `reward` is the tag fraction under `partial_credit=True`, so the

@@ -1,4 +1,4 @@
-"""The streaming trainer (DESIGN.md section 1): one pass over the training prompts in fixed order, batches of
+"""The streaming trainer (docs/DESIGN.md §1): one pass over the training prompts in fixed order, batches of
 B prompts, K inner updates per batch. One inner update:
 
   rollout (N samples per prompt) -> grade -> context update (reflection, tagging, curation, pruning, solution

@@ -20,7 +20,7 @@ ADDED_KEYS = ("curate/added",)
 REMOVED_KEYS = ("prune/removed", "playbook/budget_evicted")
 # A timing metric: time/<phase>, timing/<phase>, timings/<phase>, or <phase>_time / <phase>_seconds.
 _TIMING_RE = re.compile(r"^(?:.*/)?(?:time|timing|timings)/([^/]+?)(?:_s|_sec|_seconds)?$|^(?:.*/)?([^/]+)_(?:time|seconds)$")
-# Pipeline order of the phases (DESIGN.md section 1); other phases follow alphabetically.
+# Pipeline order of the phases (docs/DESIGN.md §1); other phases follow alphabetically.
 PHASE_ORDER = ("rollout", "grading", "grade", "context", "reflection", "tagging", "curation", "teacher_context",
                "batch", "step", "train_step", "teacher_update", "validation", "eval", "checkpoint")
 _PLAYBOOK_RE = re.compile(r"^playbook_(\d+)\.(txt|json)$")

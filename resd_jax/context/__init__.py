@@ -1,5 +1,5 @@
 """The context engine: playbook, reflection, success tagging, curation, pruning, solution buffer, teacher
-context and batch assembly (DESIGN.md section 1, steps 3-4)."""
+context and batch assembly (docs/DESIGN.md §1, steps 3-4)."""
 from resd_jax.context.assemble import distillation_batch
 from resd_jax.train.batch import Batch, BatchShape, assemble_batch
 from resd_jax.context.config import ContextConfig

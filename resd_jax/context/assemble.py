@@ -1,4 +1,4 @@
-"""From a graded batch and its context update to the `Batch` the train step takes (DESIGN.md step 4).
+"""From a graded batch and its context update to the `Batch` the train step takes (docs/DESIGN.md §1, step 4).
 
 Per sample: build the teacher context (measured with the real chat template, so playbook shrinking is exact),
 chat-tokenise the student and teacher messages, then pack everything with `assemble_batch`.

@@ -1,4 +1,4 @@
-"""`ContextUpdater`: one context update per inner step (DESIGN.md section 1, step 3).
+"""`ContextUpdater`: one context update per inner step (docs/DESIGN.md §1, step 3).
 
 Order within `update`:
 1. bump the playbook's update count; prune if a trigger fires (every `prune_every` updates without a cap, or

@@ -1,6 +1,6 @@
 """BouncingSim (MULTIOBJ): the model writes `predict_position(t)` for balls bouncing in a polygon container.
 
-Ground truth is a list of assert strings, one per query time (TASKS.md §2.3):
+Ground truth is a list of assert strings, one per query time (docs/TASKS.md §2.3):
   `assert check_distance(predict_position(<t>), [[x, y], ...]) <= <tolerance>`
 Grading needs only these strings; the physics engine (`bouncingsim_scenes.py`, extra `physics`) is needed only
 to generate new scenes.

@@ -1,7 +1,7 @@
 """New BouncingSim-MULTIOBJ scenes (family G) with ground truth from the `pymunk` physics engine.
 
 Only data generation needs this module (and `pip install resd_jax[physics]`); grading needs nothing but the
-assert strings stored in each row. Family G (TASKS.md §2.1): no gravity, one static regular-polygon container
+assert strings stored in each row. Family G (docs/TASKS.md §2.1): no gravity, one static regular-polygon container
 (3-6 sides, circumradius 375), small regular-polygon balls (3-6 sides, circumradius 20, rotation disabled),
 perfectly elastic frictionless contacts. Easy: 3 balls at 400-600 units/s; medium: 4-5 balls at 600-800.
 

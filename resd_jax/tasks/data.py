@@ -151,7 +151,7 @@ def load_bouncingsim(path: Any, split: str, limit: int | None = None) -> DataSou
 
 def load_finer(path: Any, split: str, limit: int | None = None) -> DataSource:
   """ACE FiNER JSONL (`context`, `target`) or verl parquet rows. The public train file is not readable in either
-  public copy (TASKS.md §3.1); the 500-row val file is the paper's test set."""
+  public copy (docs/TASKS.md §3.1); the 500-row val file is the paper's test set."""
   from resd_jax.tasks.finer import example_from_row
   return _load("finer", path, split, lambda row, i: example_from_row(row, i, split), limit)
 

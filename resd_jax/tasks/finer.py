@@ -1,6 +1,6 @@
 """FiNER (XBRL tagging, from ACE): four numbered questions, answer = four US-GAAP tags in `<answer>...</answer>`.
 
-Scoring (TASKS.md §3.4): reasoning is stripped, the last `<answer>` block is the answer, tags are compared
+Scoring (docs/TASKS.md §3.4): reasoning is stripped, the last `<answer>` block is the answer, tags are compared
 position by position, case-insensitively, after fitting the prediction to the gold length (extra tags ignored,
 missing ones count as wrong). The reference compares via `eval`; we compare strings only (no model text is ever
 evaluated).

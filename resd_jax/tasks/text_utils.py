@@ -3,7 +3,7 @@
 All of them take untrusted model text and run in time linear in its length. They are written as `str.find`
 scans rather than lazy regexes: a regex like `<a>(.*?)</a>` retries from every unmatched opening tag and is
 quadratic on inputs such as "<a>" * 100000. Each scan reproduces the regex's left-to-right, non-overlapping
-match semantics (TASKS.md §4, §2.4).
+match semantics (docs/TASKS.md §4, §2.4).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def last_tagged(text: str, open_tag: str, close_tag: str) -> str | None:
 
 
 def strip_reasoning(text: str) -> str:
-  """Remove reasoning the way the reference does (TASKS.md §4): every `<think>...</think>` block with the
+  """Remove reasoning the way the reference does (docs/TASKS.md §4): every `<think>...</think>` block with the
   whitespace after it, then everything up to and including the first remaining `</think>` and the whitespace
   after it. Text without any `</think>` (e.g. truncated mid-reasoning) comes back unchanged."""
   parts, pos = [], 0

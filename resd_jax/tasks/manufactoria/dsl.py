@@ -1,6 +1,6 @@
 """Parser for the Manufactoria factory DSL: program text -> `Program` (nodes with their routes).
 
-The accepted language is the one the RESD reference grader accepts (TASKS.md §1.1); error messages carry the
+The accepted language is the one the RESD reference grader accepts (docs/TASKS.md §1.1); error messages carry the
 same meaning and wording so that feedback shown to the model matches what the paper's runs saw.
 
 Bound: programs longer than `MAX_PROGRAM_CHARS` are rejected up front with a `ParseError` (the reference has no

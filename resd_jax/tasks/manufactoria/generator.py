@@ -1,4 +1,4 @@
-"""Generator of the Manufactoria "Has" problem set: three families over the colours R, B, Y, G (TASKS.md §1.8).
+"""Generator of the Manufactoria "Has" problem set: three families over the colours R, B, Y, G (docs/TASKS.md §1.8).
 
 * contains_substring: every sequence of length 1-4 (340 problems) -- accept iff the tape contains it consecutively;
 * contains_ordered: every sequence of length 1-4 (340) -- accept iff the tape contains it as a subsequence;

@@ -1,4 +1,4 @@
-"""Grades one model response against a Manufactoria problem's test cases (TASKS.md §1.4-1.5).
+"""Grades one model response against a Manufactoria problem's test cases (docs/TASKS.md §1.4-1.5).
 
 Extraction, pass rule, acc / reward and the feedback layout follow the RESD reference grader, so that the
 feedback the self-teacher sees carries the same information. The wording of our own messages is ours except

@@ -1,4 +1,4 @@
-"""The student prompt for a Manufactoria problem (our own wording; the section structure of TASKS.md §1.6)."""
+"""The student prompt for a Manufactoria problem (our own wording; the section structure of docs/TASKS.md §1.6)."""
 from __future__ import annotations
 
 _HEADER = """# Manufactoria Factory Language

@@ -1,4 +1,4 @@
-"""Runs a parsed factory on one tape, and decides whether a run passes a test case (TASKS.md §1.2-1.3).
+"""Runs a parsed factory on one tape, and decides whether a run passes a test case (docs/TASKS.md §1.2-1.3).
 
 The tape is a queue: pullers remove the front colour, painters append at the back. A run ends on `end`
 (accepted), on `NONE` or an undeclared ID (rejected), or after `MAX_VISITS` node visits (rejected as a
