@@ -47,6 +47,8 @@ def main(argv):
   if main_process:
     print(config_schema.describe(cfg), flush=True)
     print(f"\nrun directory: {os.path.abspath(workdir)}", flush=True)
+  if main_process:
+    print("loading the model, tokenizer, task and data ...", flush=True)
   from resd_jax.algorithms.resd import train
   if cfg.task.name == "alfworld":  # multi-turn episodes
     from resd_jax.algorithms.resd_multiturn import train

@@ -4,6 +4,7 @@ writes a checkpoint, a playbook and metrics with per-turn distillation rows and 
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -31,6 +32,11 @@ def test_tiny_alfworld_run_writes_checkpoint_playbook_and_metrics(tmp_path):
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "max_steps at step 2" in proc.stdout or "finished at step 2" in proc.stdout, proc.stdout[-2000:]
+  # What a first run shows: a line per step (phase times) and per validation; no library INFO chatter.
+  assert "step 1: rollout " in proc.stdout and "step 2: rollout " in proc.stdout, proc.stdout[-2000:]
+  assert "validation at step 2: per_task mean@n" in proc.stdout, proc.stdout[-2000:]
+  info = [line for line in proc.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+  assert not info, info[:5]
   assert (tmp_path / "checkpoints" / "2").is_dir()
   assert (tmp_path / "playbooks" / "playbook_00000002.txt").is_file()
   rows = mx.read_jsonl(tmp_path / "metrics.jsonl")
