@@ -105,7 +105,7 @@ def combine_metrics(a: Metrics, b: Metrics) -> Metrics:
   out = {}
   for k in a:
     if k.endswith("_max"):
-      out[k] = (jnp.maximum(a[k][0], b[k][0]), a[k][1])
+      out[k] = (jnp.maximum(a[k][0], b[k][0]), jnp.maximum(a[k][1], b[k][1]))  # the scan starts from (0, 0)
     else:
       out[k] = (a[k][0] + b[k][0], a[k][1] + b[k][1])
   return out
