@@ -76,3 +76,12 @@ def test_checkpoint_best_rule_rank_vs_metric(tmp_path):
   assert by_metric.steps() == [2, 4] and by_metric.best_step() == 2
   by_rank.close()
   by_metric.close()
+
+
+def test_merge_pairs_combines_a_max_by_max():
+  from resd_jax import metrics as mx
+  acc = {}
+  mx.merge_pairs(acc, {"train/logprob_diff_max": (0.3, 1), "train/loss": (1.0, 2)})
+  mx.merge_pairs(acc, {"train/logprob_diff_max": (0.1, 1), "train/loss": (2.0, 1)})
+  assert acc == {"train/logprob_diff_max": (0.3, 1), "train/loss": (3.0, 3)}
+  assert mx.reduce_metrics(acc)["train/logprob_diff_max"] == 0.3

@@ -190,7 +190,8 @@ def paper_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval.best_of = "bootstrap"              # paper: verl's bootstrap best@4 (library: exact)
   c.checkpoint.best_rule = "rank"           # paper: the rank rule picks the reported step (library: metric)
   c.grpo.std = "sample"                     # reference: torch.std, ddof 1 (library: population)
-  # Inferred, not read in the reference's GRPO config: verl's per-sequence token mean, then sequences.
+  # Inferred: verl's token-mean per micro-batch of one sequence (ppo_micro_batch_size_per_gpu=1), averaged over
+  # micro-batches = a per-sequence mean; newer verl versions take one token mean over the batch (token_mean).
   c.grpo.aggregation = "seq_mean"           # (library: token_mean over the whole batch)
   return c
 
