@@ -42,6 +42,12 @@ def test_last_partial_outer_batch(drop_last, sizes):
   batches = resd.Trainer.outer_batches(fake)
   assert [len(b) for b in batches] == sizes
   assert sum(batches, []) == list(range(sum(sizes)))  # file order, nothing repeated
+  fake.data.train = [0, 1]
+  if drop_last:
+    with pytest.raises(ValueError, match="drop_last leaves no outer batch"):
+      resd.Trainer.outer_batches(fake)
+  else:
+    assert resd.Trainer.outer_batches(fake) == [[0, 1]]
 
 
 def test_best_at_n_exact_and_bootstrap():

@@ -352,6 +352,9 @@ class Trainer:
     batches = [train[i:i + b] for i in range(0, len(train), b)]
     if self.cfg.data.drop_last and batches and len(batches[-1]) < b:  # the reference drops the partial batch
       batches.pop()
+      if not batches:
+        raise config_schema.ConfigError(f"data.drop_last leaves no outer batch: {len(train)} training prompts < "
+                                        f"rollout.batch_prompts={b}; lower batch_prompts or set data.drop_last=False")
     return batches
 
   def run(self) -> RunSummary:
