@@ -27,7 +27,7 @@ def test_task_configs_pick_the_reference_behaviour(name, variant):
   assert (x.budget_eviction, x.prune_keep_recent_harmful, x.prune_every_counts) == (False, False, "completed")
   assert (c.rollout.top_p, c.data.drop_last, c.eval.best_of, c.checkpoint.best_rule) == (
     0.95, True, "bootstrap", "rank")
-  assert (p.step.grpo.std_ddof, p.step.grpo.aggregation) == (1, "seq_mean")
+  assert (p.step.grpo.std_ddof, p.step.grpo.aggregation) == (1, "token_mean")
   assert _parts(c, "sdpo").teacher_context.use_buffer is False
   assert _parts(c, "sdpo_ss").teacher_context.use_buffer is False
 

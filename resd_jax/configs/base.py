@@ -190,9 +190,9 @@ def paper_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval.best_of = "bootstrap"              # paper: verl's bootstrap best@4 (library: exact)
   c.checkpoint.best_rule = "rank"           # paper: the rank rule picks the reported step (library: metric)
   c.grpo.std = "sample"                     # reference: torch.std, ddof 1 (library: population)
-  # Inferred: verl's token-mean per micro-batch of one sequence (ppo_micro_batch_size_per_gpu=1), averaged over
-  # micro-batches = a per-sequence mean; newer verl versions take one token mean over the batch (token_mean).
-  c.grpo.aggregation = "seq_mean"           # (library: token_mean over the whole batch)
+  # GRPO aggregation stays token_mean: the reference's actor config says loss_agg_mode token-mean and its
+  # core_algos divides by the global batch token count (one token mean over the batch, like ours). The fidelity
+  # issue reads it as a per-sequence mean; its GRPO config file is not in the stored copy: seq_mean follows that.
   return c
 
 
