@@ -37,6 +37,7 @@ def test_per_task_values():
   assert [c.context.prune_method for c in (m, e, md, f)] == ["staleness", "staleness", "prioritized", "staleness"]
   assert (m.distill.eps_max, m.distill.success_weights) == (5.0, False)  # the paper's (the script: None, True)
   assert [c.grpo.partial_credit for c in (m, e, md, f)] == [False, False, False, True]
+  assert [c.data.train_limit for c in (m, e, md, f)] == [0, 0, 320, 0]
 
 
 def test_base_config_keeps_the_library_behaviour():

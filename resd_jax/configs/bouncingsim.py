@@ -45,6 +45,9 @@ def get_config(variant: str = ""):
     c.distill.success_weights = False
     c.context.max_entries = 150
     c.context.prune_method = "prioritized"  # paper and reference script (easy keeps staleness)
+    # The reference's Medium scripts (RESD, SDPO, GRPO) train on the first 320 rows only (NUM_DATA=320, no
+    # shuffle): 10 outer batches. 0 = the whole train split.
+    c.data.train_limit = 320
     c.mesh.expert = 1               # raise on accelerators with enough devices for expert parallelism
   if variant.endswith("tiny"):
     base.tiny_overrides(c)
