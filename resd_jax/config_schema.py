@@ -16,6 +16,9 @@ import re
 from typing import Any, Mapping
 
 ALGORITHMS = ("resd", "sdpo", "sdpo_ss", "grpo")
+# Fidelity switches with a fixed set of values (docs/FIDELITY.md); the rest are checked by the typed configs.
+CHOICES = {"distill.is_level": ("none", "token"), "eval.best_of": ("exact", "bootstrap"),
+           "checkpoint.best_rule": ("metric", "rank"), "grpo.std": ("population", "sample")}
 MODEL_SOURCES = ("embedded", "preset", "hf", "gguf")
 
 
@@ -187,24 +190,31 @@ def build_parts(cfg: Any, n_devices: int) -> RunParts:
                       total_steps=steps_hint, min_lr_ratio=float(t.min_lr_ratio))
   distill = DistillConfig(mode=str(d.mode), top_k=int(d.top_k), alpha=float(d.alpha), temperature=float(d.temperature),
                           eps_min=float(d.eps_min), eps_max=None if d.eps_max is None else float(d.eps_max),
-                          aggregation=str(d.aggregation), chunk_size=int(d.chunk))
+                          aggregation=str(d.aggregation), chunk_size=int(d.chunk),
+                          jsd_scale=bool(d.jsd_scale), renormalize=bool(d.renormalize),
+                          rollout_is=str(d.is_level) == "token", is_clip=float(d.is_clip),
+                          row_mean_over=str(d.row_mean_over))
   teacher = TeacherConfig(kind=str(d.teacher_kind), rate=float(d.teacher_rate))
   g = cfg.grpo
   grpo = GRPOConfig(group_size=int(g.group_size), normalize_std=bool(g.normalize_std), clip_low=float(g.clip_low),
                     clip_high=float(g.clip_high), dual_clip=None if g.dual_clip is None else float(g.dual_clip),
                     kl_coef=float(g.kl_coef), temperature=float(r.temperature) if r.temperature > 0 else 1.0,
-                    chunk_size=int(d.chunk))
+                    chunk_size=int(d.chunk), std_ddof=1 if str(g.std) == "sample" else 0,
+                    aggregation=str(g.aggregation))
   step = StepConfig(distill=distill, teacher=teacher, optim=optim, grpo=grpo, micro_batches=int(t.micro_batches),
                     fused_loss=bool(t.fused_loss), remat_loss=bool(t.remat_loss))
   context = ContextConfig(prune_method=str(x.prune_method), prune_every=int(x.prune_every),
                           max_entries=int(x.max_entries), max_playbook_tokens=int(x.max_playbook_tokens),
+                          budget_eviction=bool(x.budget_eviction), prune_every_counts=str(x.prune_every_counts),
+                          prune_keep_recent_harmful=bool(x.prune_keep_recent_harmful),
                           curation_extensions=bool(x.curation_extensions), reflect=bool(x.reflection),
                           tag_successes=bool(x.playbook), curate=bool(x.playbook))
   sdpo = cfg.algorithm in ("sdpo", "sdpo_ss")
   tc_kw = dict(use_feedback=bool(x.feedback), use_solution=bool(x.solution_buffer),
                max_prompt_tokens=int(r.max_prompt_len) + int(x.teacher_context_tokens))
   if sdpo:
-    teacher_context = TeacherContextConfig.sdpo(self_success=cfg.algorithm == "sdpo_ss", **tc_kw)
+    teacher_context = TeacherContextConfig.sdpo(self_success=cfg.algorithm == "sdpo_ss",
+                                                use_buffer=bool(x.sdpo_solution_buffer), **tc_kw)
   else:
     teacher_context = TeacherContextConfig(use_playbook=bool(x.playbook), use_attempt=bool(x.attempt),
                                            use_reflection=bool(x.reflection), **tc_kw)
@@ -221,6 +231,10 @@ def check_values(cfg: Any) -> None:
   for name in ("batch_prompts", "samples_per_prompt", "inner_updates", "max_prompt_len", "max_response_len"):
     if int(cfg.rollout[name]) < 1:
       raise ConfigError(f"rollout.{name} must be >= 1, got {cfg.rollout[name]}")
+  for key, allowed in CHOICES.items():
+    section, name = key.split(".")
+    if str(cfg[section][name]) not in allowed:
+      raise ConfigError(f"{key}={str(cfg[section][name])!r} is not one of {allowed}; fix --config.{key}")
   if int(cfg.eval.num_samples) < 1:
     raise ConfigError(f"eval.num_samples must be >= 1, got {cfg.eval.num_samples}")
   if int(cfg.checkpoint.every) < 1 or int(cfg.checkpoint.keep) < 1:

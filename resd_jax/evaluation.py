@@ -22,6 +22,7 @@ from resd_jax.tasks.base import Example, Grade
 
 # The four metrics the rank rule sums over (all "higher is better").
 RANK_METRICS = ("per_task/mean@n", "per_task/best@n", "per_test_case/mean@n", "per_test_case/best@n")
+BEST_OF = ("exact", "bootstrap")  # best@n: the max over the n samples, or verl's bootstrap (the paper's numbers)
 
 _DEFAULT_FIELDS = ("reward", "acc")
 _TASK_FIELDS = {"finer": ("info.all_correct", "acc")}
@@ -79,16 +80,26 @@ def best_at_k_bootstrap(values: np.ndarray, k: int, num_resamples: int = 1000, s
 
 
 def summarize(per_task: np.ndarray, per_test_case: np.ndarray, *, ks: Sequence[int] = (),
-              bootstrap: bool = False, num_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-  """The validation metrics of [P, n] score arrays: mean@n, best@n (exact max over the n samples) for both
-  columns, plus best@k for each k in `ks` (unbiased estimator, or bootstrap if `bootstrap`)."""
+              bootstrap: bool = False, num_resamples: int = 1000, seed: int = 0,
+              best_of: str = "exact") -> dict[str, float]:
+  """The validation metrics of [P, n] score arrays: mean@n, best@n for both columns, plus best@k for each k in
+  `ks` (unbiased estimator, or bootstrap if `bootstrap`).
+
+  best@n: with `best_of="exact"` the max over the n samples, averaged over problems; with "bootstrap" the
+  estimate the paper reports (verl's validation metric): the mean over `num_resamples` draws of n samples
+  WITH replacement of their max (below the exact max whenever a problem's samples differ)."""
+  if best_of not in BEST_OF:
+    raise ValueError(f"best_of must be one of {BEST_OF}, got {best_of!r}")
   out: dict[str, float] = {}
   for name, values in (("per_task", per_task), ("per_test_case", per_test_case)):
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] < 1:
       raise ValueError(f"{name} scores must be [problems, samples] with >= 1 sample, got shape {values.shape}")
     out[f"{name}/mean@n"] = float(values.mean()) if values.size else 0.0
-    out[f"{name}/best@n"] = float(values.max(-1).mean()) if values.size else 0.0
+    if best_of == "bootstrap" and values.size:
+      out[f"{name}/best@n"] = float(best_at_k_bootstrap(values, values.shape[1], num_resamples, seed).mean())
+    else:
+      out[f"{name}/best@n"] = float(values.max(-1).mean()) if values.size else 0.0
     for k in ks:
       est = (best_at_k_bootstrap(values, k, num_resamples, seed) if bootstrap else best_at_k_unbiased(values, k))
       out[f"{name}/best@{k}"] = float(est.mean()) if values.size else 0.0
@@ -111,7 +122,7 @@ class EvalResult:
 
 
 def evaluate(task: Any, examples: Sequence[Example], generate: GenerateN, n: int, *, ks: Sequence[int] = (),
-             bootstrap: bool = False, seed: int = 0) -> EvalResult:
+             bootstrap: bool = False, seed: int = 0, best_of: str = "exact") -> EvalResult:
   """Sample n responses per example with `generate`, grade each and summarise (see `summarize`)."""
   if n < 1:
     raise ValueError(f"eval.num_samples must be >= 1, got {n}")
@@ -133,7 +144,7 @@ def evaluate(task: Any, examples: Sequence[Example], generate: GenerateN, n: int
         if isinstance(value, (bool, int, float)):
           s, c = info.get(key, (0.0, 0))
           info[key] = (s + float(value), c + 1)
-  metrics = summarize(per_task, per_case, ks=ks, bootstrap=bootstrap, seed=seed) if examples else {}
+  metrics = summarize(per_task, per_case, ks=ks, bootstrap=bootstrap, seed=seed, best_of=best_of) if examples else {}
   return EvalResult(per_task, per_case, metrics, info)
 
 
@@ -170,3 +181,26 @@ def rank_rule(history: Mapping[int, Mapping[str, float]],
   sums = {s: float(t) for s, t in zip(steps, totals)}
   best = min(steps, key=lambda s: (sums[s], s))
   return best, sums
+
+
+RANK_BEST_KEY = "rank_rule/best_at_save"
+
+
+def kept_best_metric(cfg: Any) -> str | None:
+  """The metric the checkpointer keeps its best step by: `checkpoint.best_metric` under best_rule="metric",
+  `RANK_BEST_KEY` (see `rank_best_marker`) under best_rule="rank", None when neither is set."""
+  if str(cfg.checkpoint.best_rule) == "rank":
+    return RANK_BEST_KEY
+  return cfg.checkpoint.best_metric or None
+
+
+def rank_best_marker(history: Mapping[str, Mapping[str, float]], step: int) -> dict[str, float] | None:
+  """Checkpoint metrics for best_rule="rank": {RANK_BEST_KEY: step} when `step` is the rank-rule best of the
+  validation history at save time, else None (kept only as one of the latest). The kept best checkpoint is
+  then the latest step that was rank-best when it was saved; if a later validation moves the rank rule back
+  to a step whose checkpoint is gone, `RunSummary.best_step_by_rank` and the logged
+  `val/rank_rule_best_step` still name it."""
+  if not history:
+    return None
+  best, _ = rank_rule({int(s): v for s, v in history.items()})
+  return {RANK_BEST_KEY: float(step)} if best == step else None

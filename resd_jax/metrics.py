@@ -3,7 +3,8 @@ that stay quiet when stderr is not a terminal; the playbook as text beside each 
 
 Metrics arrive as a flat dict whose values are either numbers or (sum, count) pairs. A pair is reduced to its
 mean (`name`) and its raw sum and count are kept too (`name/sum`, `name/count`), so runs can be re-aggregated
-exactly later.
+exactly later. A name ending in `_max` holds a (max, 1) pair (e.g. `train/logprob_diff_max`): it reduces to the
+max, and combining two of them keeps the larger max (`merge_pairs`), never their sum.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def reduce_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def merge_pairs(into: dict[str, tuple[float, int]], metrics: Mapping[str, Any], prefix: str = "") -> None:
-  """Add (sum, count) pairs of `metrics` into `into` (numbers count as (value, 1))."""
+  """Add (sum, count) pairs of `metrics` into `into` (numbers count as (value, 1)); `*_max` pairs keep the max."""
   for name, value in metrics.items():
     if isinstance(value, (tuple, list)) and len(value) == 2:
       s, c = float(value[0]), int(value[1])
@@ -64,8 +65,12 @@ def merge_pairs(into: dict[str, tuple[float, int]], metrics: Mapping[str, Any], 
       s, c = float(value), 1
     else:
       continue
-    ps, pc = into.get(prefix + name, (0.0, 0))
-    into[prefix + name] = (ps + s, pc + c)
+    key = prefix + name
+    if key.endswith("_max"):
+      into[key] = (max(into[key][0], s), 1) if key in into else (s, 1)
+      continue
+    ps, pc = into.get(key, (0.0, 0))
+    into[key] = (ps + s, pc + c)
 
 
 def _json_safe(x: float) -> float | None:

@@ -24,7 +24,8 @@ def grpo_batch(samples: Sequence[GradedSample], cfg: Any, shape: BatchShape, tok
   Padding rows (a short final batch) get advantage 0 and weight 0."""
   g = int(cfg.grpo.group_size)
   rewards = jnp.asarray([s.grade.reward for s in samples], jnp.float32)
-  adv = np.asarray(group_advantages(rewards, g, bool(cfg.grpo.normalize_std)), np.float32)
+  adv = np.asarray(group_advantages(rewards, g, bool(cfg.grpo.normalize_std),
+                                    ddof=1 if str(cfg.grpo.get("std", "population")) == "sample" else 0), np.float32)
   prompts = [chat_tokens(tokenizer, s.example.messages, enable_thinking=cfg.model.enable_thinking) for s in samples]
   b = assemble_batch(prompts, prompts, [s.response_tokens for s in samples], [s.rollout_logprobs for s in samples],
                      [1.0] * len(samples), [0] * len(samples), shape, pad_id=pad_token_id(tokenizer),

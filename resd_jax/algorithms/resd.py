@@ -140,7 +140,7 @@ class Trainer:
       self.writer = mx.MetricWriter(self.workdir, enabled=False)
     else:
       self.ckpt = ck.Checkpointer(self.workdir / "checkpoints", every=int(cfg.checkpoint.every),
-                                  keep=int(cfg.checkpoint.keep), best_metric=cfg.checkpoint.best_metric or None)
+                                  keep=int(cfg.checkpoint.keep), best_metric=evaluation.kept_best_metric(cfg))
       self._restore_or_init()
       self.writer = mx.MetricWriter(self.workdir, enabled=self.is_main, tensorboard=bool(cfg.metrics.tensorboard),
                                     wandb_project=cfg.metrics.wandb_project or None, wandb_config=cfg.to_dict(),
@@ -223,6 +223,8 @@ class Trainer:
 
   def save(self, val_metrics: dict[str, float] | None = None) -> None:
     step = self.cursor.step
+    if val_metrics is not None and str(self.cfg.checkpoint.best_rule) == "rank":
+      val_metrics = evaluation.rank_best_marker(self.history, step)
     self.ckpt.save(step, self.state, self.side_state(), metrics=val_metrics)
     if self.is_main:
       mx.write_playbook_text(self.workdir / "playbooks", step, self.updater.playbook.render())
@@ -340,7 +342,7 @@ class Trainer:
 
     t0 = time.perf_counter()
     res = evaluation.evaluate(self.task, self.data.test, generate_n, int(e.num_samples), ks=tuple(e.best_k),
-                              bootstrap=bool(e.bootstrap), seed=int(cfg.seed))
+                              bootstrap=bool(e.bootstrap), seed=int(cfg.seed), best_of=str(e.best_of))
     self.history[str(step)] = dict(res.metrics)
     out: dict[str, Any] = {f"val/{k}": v for k, v in res.metrics.items()}
     out.update({f"val/grade/{k}": v for k, v in res.info_sums.items()})
@@ -354,7 +356,13 @@ class Trainer:
   def outer_batches(self) -> list[list[Any]]:
     b = int(self.cfg.rollout.batch_prompts)
     train = self.data.train
-    return [train[i:i + b] for i in range(0, len(train), b)]
+    batches = [train[i:i + b] for i in range(0, len(train), b)]
+    if self.cfg.data.drop_last and batches and len(batches[-1]) < b:  # the reference drops the partial batch
+      batches.pop()
+      if not batches:
+        raise config_schema.ConfigError(f"data.drop_last leaves no outer batch: {len(train)} training prompts < "
+                                        f"rollout.batch_prompts={b}; lower batch_prompts or set data.drop_last=False")
+    return batches
 
   def run(self) -> RunSummary:
     cfg, cur = self.cfg, self.cursor

@@ -110,11 +110,11 @@ def rows_batch(rows: Sequence[TurnRow], episodes: Sequence[Episode], shape: Batc
 
 
 def grpo_turn_batch(episodes: Sequence[Episode], group_size: int, normalize_std: bool, shape: BatchShape,
-                    pad_id: int, metrics: Metrics) -> GRPOBatch:
+                    pad_id: int, metrics: Metrics, ddof: int = 0) -> GRPOBatch:
   """Episodes in consecutive groups of G (same game): every assistant token of an episode gets the episode's
   group-normalised advantage. Padding rows have advantage 0 and weight 0."""
   rewards = jnp.asarray([ep.reward for ep in episodes], jnp.float32)
-  adv = np.asarray(group_advantages(rewards, group_size, normalize_std), np.float32)
+  adv = np.asarray(group_advantages(rewards, group_size, normalize_std, ddof=ddof), np.float32)
   rows = [TurnRow(i, j, list(t.prompt_tokens), list(t.prompt_tokens), list(t.response_tokens), 0)
           for i, ep in enumerate(episodes) for j, t in enumerate(ep.turns)]
   b = rows_batch(rows, episodes, shape, pad_id, metrics=metrics)
@@ -168,7 +168,8 @@ class MultiTurnTrainer(resd.Trainer):
 
     t0 = time.perf_counter()
     if self.kind == "grpo":
-      batch = grpo_turn_batch(episodes, self.per_prompt, bool(cfg.grpo.normalize_std), shape, pad, m)
+      batch = grpo_turn_batch(episodes, self.per_prompt, bool(cfg.grpo.normalize_std), shape, pad, m,
+                              ddof=1 if str(cfg.grpo.std) == "sample" else 0)
       times["batch"] = time.perf_counter() - t0
     else:
       played = _played(episodes)

@@ -49,6 +49,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.test_limit = 0         # evaluate on the first N test examples (0 = all)
   c.data.shuffle = False        # the paper streams the data in file order; True = seeded permutation
   c.data.epochs = 1             # passes over the training data
+  c.data.drop_last = False      # True: skip the last, partial outer batch of each pass (the reference drops it)
 
   # Multi-turn environments (task.name=alfworld). data: generated | official ($ALFWORLD_DATA) | a folder.
   c.env = ml_collections.ConfigDict()
@@ -84,6 +85,12 @@ def get_base() -> ml_collections.ConfigDict:
   c.distill.alpha = 1.0          # 1: KL(student||teacher); 0: KL(teacher||student); else the alpha-JSD
   c.distill.temperature = 1.0
   c.distill.aggregation = "seq_mean"  # per-sequence token mean, then batch mean
+  c.distill.row_mean_over = "rows_with_tokens"  # seq_mean's rows: rows_with_tokens | all_rows (the reference:
+                                 # every row with a response, sd_mask 0 included)
+  c.distill.jsd_scale = True     # 0 < alpha < 1: divide the alpha-JSD by alpha (1 - alpha) (reference: False)
+  c.distill.renormalize = True   # renormalise the floored teacher over the support (reference: False)
+  c.distill.is_level = "none"    # rollout importance weights: none | token (min(pi / pi_rollout, is_clip); reference)
+  c.distill.is_clip = 2.0
   c.distill.chunk = 128          # response positions per loss chunk
   c.distill.teacher_kind = "ema"  # frozen | ema | current | trust_region
   c.distill.teacher_rate = 1e-4   # EMA rate / trust-region interpolation
@@ -100,7 +107,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.rollout.max_response_len = 20480
   c.rollout.max_teacher_prompt_len = 0  # 0 = max_prompt_len + the context budget below
   c.rollout.temperature = 1.0
-  c.rollout.top_p = 1.0
+  c.rollout.top_p = 1.0          # the paper and the reference: 0.95 (set in the task configs)
   c.rollout.top_k = 0
   c.rollout.sample_batch = 32    # prompts per sampler call
 
@@ -114,7 +121,13 @@ def get_base() -> ml_collections.ConfigDict:
   c.context.prune_method = "staleness"  # staleness | prioritized | reset
   c.context.max_entries = 200    # M_max
   c.context.prune_every = 4      # F (0 = only the cap triggers pruning)
+  c.context.prune_every_counts = "started"  # F counts this update (prunes at updates F, 2F, ...) | completed
+                                 # (the reference: after F completed updates, i.e. at updates F+1, 2F+1, ...)
+  c.context.prune_keep_recent_harmful = True  # staleness keeps harmful entries tagged last update (reference: False)
+  c.context.budget_eviction = True  # evict lowest helpful-minus-harmful entries beyond max_playbook_tokens
+                                 # (our rule; the reference has none: False)
   c.context.max_playbook_tokens = 4096
+  c.context.sdpo_solution_buffer = True  # SDPO / SDPO+ss: solutions of earlier steps count (reference: False)
   c.context.teacher_context_tokens = 8192  # budget of the teacher's extra context (playbook etc.)
   c.context.curation_extensions = False  # UPDATE / MERGE / DELETE besides ADD
   c.context.max_new_tokens = 1024  # reflection / curation generation length
@@ -130,12 +143,15 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval.before_training = True
   c.eval.best_k = ()             # extra best@k estimates (unbiased, or bootstrap if eval.bootstrap)
   c.eval.bootstrap = False
+  c.eval.best_of = "exact"       # best@n: exact (max over the n samples) | bootstrap (verl's, the paper's numbers)
 
   # Checkpoints.
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 4         # optimizer steps between checkpoints (also at the end and on SIGTERM)
   c.checkpoint.keep = 2          # latest k kept, plus the best by best_metric
   c.checkpoint.best_metric = "per_task/mean@n"
+  c.checkpoint.best_rule = "metric"  # which step is kept as best: metric (best_metric) | rank (the paper's rank
+                                 # rule over mean@n and best@n of both columns)
 
   # GRPO baseline.
   c.grpo = ml_collections.ConfigDict()
@@ -145,6 +161,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.grpo.dual_clip = 3.0
   c.grpo.kl_coef = 0.0
   c.grpo.normalize_std = True
+  c.grpo.std = "population"      # population (ddof 0) | sample (ddof 1: the reference's torch.std)
+  c.grpo.aggregation = "token_mean"  # token_mean (over the whole batch) | seq_mean (tokens, then sequences)
   c.grpo.partial_credit = False  # FiNER: reward = fraction of tags right (the paper's GRPO baseline)
 
   # Logging.
@@ -153,6 +171,29 @@ def get_base() -> ml_collections.ConfigDict:
   c.metrics.wandb_project = ""
   c.metrics.progress = True      # tqdm bars (quiet anyway when stderr is not a terminal)
   c.metrics.console = True       # one line per step and per validation on stdout (process 0)
+  return c
+
+
+def paper_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The reference behaviour the task configs (Manufactoria, BouncingSim, FiNER) share; docs/FIDELITY.md lists
+  every element with both behaviours and the switch. Each line names the value the library default keeps."""
+  c.rollout.top_p = 0.95                    # paper and reference (library: 1.0)
+  c.distill.jsd_scale = False               # reference: alpha KL(t||m) + (1-alpha) KL(s||m), unscaled (library: True)
+  c.distill.renormalize = False             # reference: the floored teacher is not renormalised (library: True)
+  c.distill.is_level = "token"              # reference: token-level rollout IS, clip 2.0 (library: none)
+  c.distill.is_clip = 2.0
+  c.distill.row_mean_over = "all_rows"      # reference: the mean runs over every row (library: rows_with_tokens)
+  c.context.prune_every_counts = "completed"  # reference: prune after F completed updates (library: started)
+  c.context.prune_keep_recent_harmful = False  # reference: staleness removes every harmful entry (library: True)
+  c.context.budget_eviction = False         # reference: no playbook token budget (library: True)
+  c.context.sdpo_solution_buffer = False    # reference's SDPO keeps no buffer (library: True)
+  c.data.drop_last = True                   # reference: the last partial outer batch is dropped (library: False)
+  c.eval.best_of = "bootstrap"              # paper: verl's bootstrap best@4 (library: exact)
+  c.checkpoint.best_rule = "rank"           # paper: the rank rule picks the reported step (library: metric)
+  c.grpo.std = "sample"                     # reference: torch.std, ddof 1 (library: population)
+  # GRPO aggregation stays token_mean: the reference's actor config says loss_agg_mode token-mean and its
+  # core_algos divides by the global batch token count (one token mean over the batch, like ours). The fidelity
+  # issue reads it as a per-sequence mean; its GRPO config file is not in the stored copy: seq_mean follows that.
   return c
 
 

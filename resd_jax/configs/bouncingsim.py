@@ -13,7 +13,7 @@ def get_config(variant: str = ""):
   if variant not in VARIANTS:
     raise ValueError(f"configs/bouncingsim.py has variants {VARIANTS[1:]}, got {variant!r}")
   level = "medium" if variant.startswith("medium") else "easy"
-  c = base.get_base()
+  c = base.paper_settings(base.get_base())  # the reference behaviour everywhere (docs/FIDELITY.md)
   c.task.name = "bouncingsim"
   c.task.level = level
   c.model.source = "hf"
@@ -44,6 +44,10 @@ def get_config(variant: str = ""):
     c.distill.teacher_rate = 1e-2   # paper: the faster EMA for the MoE model
     c.distill.success_weights = False
     c.context.max_entries = 150
+    c.context.prune_method = "prioritized"  # paper and reference script (easy keeps staleness)
+    # The reference's Medium scripts (RESD, SDPO, GRPO) train on the first 320 rows only (NUM_DATA=320, no
+    # shuffle): 10 outer batches. 0 = the whole train split.
+    c.data.train_limit = 320
     c.mesh.expert = 1               # raise on accelerators with enough devices for expert parallelism
   if variant.endswith("tiny"):
     base.tiny_overrides(c)

@@ -12,7 +12,7 @@ TINY_DATA = "/work/shared/data/finer/finer_val_batched_500_samples.jsonl"
 
 
 def get_config(variant: str = ""):
-  c = base.get_base()
+  c = base.paper_settings(base.get_base())  # the reference behaviour everywhere (docs/FIDELITY.md)
   c.task.name = "finer"
   c.model.source = "hf"
   c.model.path = ""               # a local download of Qwen/Qwen3-4B-Thinking-2507
@@ -36,6 +36,8 @@ def get_config(variant: str = ""):
   c.eval.num_samples = 4
   c.eval.temperature = 0.6
   c.eval.top_p = 0.95
+  # GRPO baseline: the reference's reward is the fraction of tags right (compute_score_count); False = binary.
+  c.grpo.partial_credit = True
   if variant == "tiny":
     base.tiny_overrides(c)
     path = os.environ.get("RESD_FINER_TINY", TINY_DATA)

@@ -7,7 +7,7 @@ from resd_jax.configs import base
 
 
 def get_config(variant: str = ""):
-  c = base.get_base()
+  c = base.paper_settings(base.get_base())  # the reference behaviour everywhere (docs/FIDELITY.md)
   c.task.name = "manufactoria"
   c.model.source = "hf"
   c.model.path = ""               # set to a local download of Qwen/Qwen3-4B-Thinking-2507
@@ -22,9 +22,12 @@ def get_config(variant: str = ""):
   c.distill.top_k = 100
   c.distill.eps_min = 0.2
   c.distill.alpha = 1.0
+  # Paper: eps_max = 5. The reference script leaves it off (teacher_prob_max_ratio=null): set None for the code.
+  c.distill.eps_max = 5.0
   # Paper: EMA teacher with rate 1e-4. The reference code keeps the initial weights (set "frozen" to match it).
   c.distill.teacher_kind = "ema"
   c.distill.teacher_rate = 1e-4
+  # Paper: no success-rate weights. The reference script turns them on (success_rate_weighting=True): True.
   c.distill.success_weights = False
   c.context.max_entries = 200     # M_max
   c.context.prune_every = 4       # F

@@ -3,9 +3,11 @@
 Entries fall into three categories: unused (never tagged: helpful == harmful == 0), harmful
 (harmful >= helpful and harmful > 0) and helpful (everything else). Methods:
 
-- `staleness`: drop harmful and unused entries not tagged for more than one update
+- `staleness`: drop every harmful entry and the unused entries not tagged for more than one update
   (`update_count - last_tagged > 1`); if a cap is given and still exceeded, evict the longest-untagged of the
-  remaining entries, ties broken by a seeded shuffle.
+  remaining entries, ties broken by a seeded shuffle. With `keep_recent_harmful` (our extension, off in the
+  paper configs) a harmful entry tagged within the last update survives too, like a fresh unused one; the
+  reference code removes every harmful entry.
 - `prioritized`: drop every unused and harmful entry; if a cap is given and still exceeded, drop a seeded random
   sample of the helpful ones.
 - `reset`: drop everything.
@@ -36,7 +38,8 @@ class PruneResult:
   by_category: dict[str, int]
 
 
-def prune(pb: Playbook, method: str, cap: int | None, rng: random.Random) -> PruneResult:
+def prune(pb: Playbook, method: str, cap: int | None, rng: random.Random, keep_recent_harmful: bool = True
+          ) -> PruneResult:
   """Remove entries from `pb` in place; returns the removed ids and how many of each category went."""
   if method not in METHODS:
     raise ValueError(f"unknown prune method {method!r}; choose one of {METHODS}")
@@ -45,8 +48,10 @@ def prune(pb: Playbook, method: str, cap: int | None, rng: random.Random) -> Pru
   if method == "reset":
     drop = [e.id for e in pb.entries]
   elif method == "staleness":
-    drop = [e.id for e in pb.entries
-            if category(e) != "helpful" and pb.update_count - e.last_tagged > 1]
+    def goes(e: Entry) -> bool:
+      cat, stale = category(e), pb.update_count - e.last_tagged > 1
+      return (cat == "unused" and stale) or (cat == "harmful" and (stale or not keep_recent_harmful))
+    drop = [e.id for e in pb.entries if goes(e)]
     stale = set(drop)
     rest = [e for e in pb.entries if e.id not in stale]
     if cap is not None and len(rest) > cap:

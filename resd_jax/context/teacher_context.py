@@ -50,6 +50,7 @@ class TeacherContextConfig:
   use_solution: bool = True
   feedback_only_without_solution: bool = True
   self_success: bool = True  # a sample's own success may be its solution (RESD; SDPO `+ss`)
+  use_buffer: bool = True    # solutions from earlier steps (the buffer) count; False: only this batch's
   max_prompt_tokens: int = 8192
   max_attempt_chars: int = 6000
   max_feedback_chars: int = 2000
@@ -126,13 +127,16 @@ def solution_for(samples: Sequence[GradedSample], i: int, known_before: str | No
                  cfg: TeacherContextConfig) -> str | None:
   """The solution sample `i` may show its teacher, in order of preference: its own response when it succeeded
   and `self_success` is on; the last successful sibling (same example id, another sample of this batch); the
-  solution known before this batch (`UpdateResult.solutions_before[i]`)."""
+  solution known before this batch (`UpdateResult.solutions_before[i]`), unless `use_buffer` is off (the
+  reference's SDPO keeps no buffer: a solution must come from the same step)."""
   own = samples[i]
   if cfg.self_success and own.grade.success:
     return own.response_text
   siblings = [s.response_text for j, s in enumerate(samples)
               if j != i and s.grade.success and s.example.id == own.example.id]
-  return siblings[-1] if siblings else known_before
+  if siblings:
+    return siblings[-1]
+  return known_before if cfg.use_buffer else None
 
 
 def build_teacher_context(sample: GradedSample, playbook: Playbook, reflection: str, solution: str | None,

@@ -1,14 +1,15 @@
 """`ContextUpdater`: one context update per inner step (docs/DESIGN.md §1, step 3).
 
 Order within `update`:
-1. bump the playbook's update count; prune if a trigger fires (every `prune_every` updates without a cap, or
-   above `max_entries` with the cap);
+1. bump the playbook's update count; prune if a trigger fires (every `prune_every` updates without a cap,
+   counting this update or only the completed ones per `prune_every_counts`, or above `max_entries` with
+   the cap);
 2. one generation call for all reflections (each failed sample) and success tags (first success per example
    id); tags are applied in sample order, reflections first;
 3. one generation call for curation (first failed sample per example id that has a diagnosis); every curator
    sees the same snapshot of the playbook; operations are applied in sample order;
-4. prune with the cap if curation pushed the playbook over `max_entries`; then evict lowest-value entries
-   while the rendered playbook exceeds `max_playbook_tokens`;
+4. prune with the cap if curation pushed the playbook over `max_entries`; then, with `budget_eviction`,
+   evict lowest-value entries while the rendered playbook exceeds `max_playbook_tokens`;
 5. the solution buffer stores every successful response (the latest wins).
 
 Generation is injected: `generate_text(conversations) -> texts`, one text per conversation. Bad model output
@@ -69,7 +70,8 @@ class ContextUpdater:
     pb.update_count += 1
     before = [self.buffer.get(s.example.id) for s in samples]
 
-    freq = cfg.prune_every > 0 and pb.update_count % cfg.prune_every == 0
+    counted = pb.update_count if cfg.prune_every_counts == "started" else pb.update_count - 1
+    freq = cfg.prune_every > 0 and counted > 0 and counted % cfg.prune_every == 0
     over = len(pb) > cfg.max_entries
     if freq or over:
       self._prune(m, cfg.max_entries if over else None, "pre")
@@ -126,16 +128,17 @@ class ContextUpdater:
     return [o if isinstance(o, str) else "" for o in outs]
 
   def _prune(self, m: Metrics, cap: int | None, phase: str) -> None:
-    res = prune(self.playbook, self.config.prune_method, cap, self.rng.draw("prune"))
+    res = prune(self.playbook, self.config.prune_method, cap, self.rng.draw("prune"),
+                keep_recent_harmful=self.config.prune_keep_recent_harmful)
     m.add(f"prune/{phase}_triggered", 1)
     m.add("prune/removed", len(res.removed))
     for cat, n in res.by_category.items():
       m.add(f"prune/removed_{cat}", n)
 
   def _fit_budget(self, m: Metrics) -> None:
-    """Evict lowest-value entries until the rendered playbook fits `max_playbook_tokens`."""
+    """Evict lowest-value entries until the rendered playbook fits `max_playbook_tokens` (if `budget_eviction`)."""
     pb, evicted = self.playbook, 0
-    while len(pb) and self.count_tokens(pb.render()) > self.config.max_playbook_tokens:
+    while self.config.budget_eviction and len(pb) and self.count_tokens(pb.render()) > self.config.max_playbook_tokens:
       pb.remove([pb.lowest_value_order()[0].id])
       evicted += 1
     m.add("playbook/budget_evicted", evicted)

@@ -12,23 +12,28 @@ What is computed, per response position t of sample b (student logits s, teacher
    - ``sampled``: only the sampled token y_t (single-sample estimator; alpha must be 1, see below).
 3. Teacher clip (on every support entry, the tail included):
    lt <- max(lt, sg(ls) + log eps_min)  and, if eps_max is set,  lt <- min(lt, sg(ls) + log eps_max).
-   In ``topk`` and ``full`` modes the clipped teacher is then renormalised over the support, so every
-   divergence below compares two proper distributions on the same outcomes. (After renormalisation the floor
-   holds up to the normalising constant, which is >= 1 when only the floor is active.) In ``sampled`` mode no
-   renormalisation is possible; the clipped teacher log-probability is used as is.
+   In ``topk`` and ``full`` modes the clipped teacher is then renormalised over the support (``renormalize``,
+   our default), so every divergence below compares two proper distributions on the same outcomes. (After
+   renormalisation the floor holds up to the normalising constant, which is >= 1 when only the floor is
+   active.) The reference code does not renormalise (``renormalize=False``): the divergences are then taken
+   with the clipped, unnormalised teacher as is. In ``sampled`` mode no renormalisation is possible; the
+   clipped teacher log-probability is used as is.
 4. Divergence by alpha (functions named by direction):
    - alpha = 1: ``kl_student_teacher`` = sum_i p_s,i (ls_i - lt_i)   (reverse KL, mode seeking);
    - alpha = 0: ``kl_teacher_student`` = sum_i p_t,i (lt_i - ls_i)   (forward KL);
    - 0 < alpha < 1: ``jsd_alpha`` = [alpha KL(P_t || M) + (1 - alpha) KL(P_s || M)] / (alpha (1 - alpha)) with
-     M = alpha P_t + (1 - alpha) P_s. The 1 / (alpha (1 - alpha)) scaling makes it continuous in alpha:
-     it tends to KL(P_t || P_s) as alpha -> 0 and to KL(P_s || P_t) as alpha -> 1. (At alpha = 0.5 it is
-     4 x the usual Jensen-Shannon divergence.)
+     M = alpha P_t + (1 - alpha) P_s. The 1 / (alpha (1 - alpha)) scaling (``jsd_scale``, our default) makes
+     it continuous in alpha: it tends to KL(P_t || P_s) as alpha -> 0 and to KL(P_s || P_t) as alpha -> 1.
+     (At alpha = 0.5 it is 4 x the usual Jensen-Shannon divergence.) The reference code does not scale
+     (``jsd_scale=False``): alpha KL(P_t || M) + (1 - alpha) KL(P_s || M).
    In ``sampled`` mode the loss is d = ls_y - lt_y with value sg(d) (the one-sample estimate of
    KL(student || teacher) since y ~ student) and gradient sg(d) * grad ls_y (the score-function gradient).
 5. Token weights: w = sample_weight[b] * (optionally) min(exp(sg(ls_y) - rollout_logprob), is_clip), mask =
    response_mask * sd_mask[b].
 6. Aggregation as a (sum, count) pair so micro-batches combine exactly:
-   ``seq_mean``: sum = sum_b [sum_t mask w D / sum_t mask], count = number of samples with a masked-in token;
+   ``seq_mean``: sum = sum_b [sum_t mask w D / sum_t mask], count = number of samples with a masked-in token
+   (``row_mean_over="rows_with_tokens"``, ours) or number of samples with a response, the rows the teacher
+   context masked out included (``"all_rows"``, the reference's mean over every row of the batch);
    ``token_mean``: sum = sum_{b,t} mask w D, count = sum_{b,t} mask. The loss is sum / max(count, 1).
 
 Logits for the whole response are never built: ``chunked_token_terms`` scans over position chunks with
@@ -52,6 +57,7 @@ LogitsFn = Callable[[Any], Array]
 
 MODES = ("topk", "full", "sampled")
 AGGREGATIONS = ("seq_mean", "token_mean")
+ROW_MEANS = ("rows_with_tokens", "all_rows")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,9 @@ class DistillConfig:
   rollout_is: bool = False      # weight tokens by the clipped importance ratio student / rollout policy
   is_clip: float = 2.0          # upper clip of that ratio
   aggregation: str = "seq_mean"  # seq_mean | token_mean
+  jsd_scale: bool = True        # 0 < alpha < 1: divide the alpha-JSD by alpha (1 - alpha) (reference: False)
+  renormalize: bool = True      # topk / full: renormalise the clipped teacher over the support (reference: False)
+  row_mean_over: str = "rows_with_tokens"  # seq_mean denominator: rows_with_tokens | all_rows (reference)
   chunk_size: int = 128         # response positions per scan step
 
   def __post_init__(self):
@@ -89,6 +98,8 @@ class DistillConfig:
       raise ValueError(f"is_clip must be > 0, got {self.is_clip}")
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+    if self.row_mean_over not in ROW_MEANS:
+      raise ValueError(f"row_mean_over must be one of {ROW_MEANS}, got {self.row_mean_over!r}")
     if self.chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
@@ -125,23 +136,26 @@ def kl_teacher_student(ls: Array, lt: Array) -> Array:
   return jnp.sum(_p_log_ratio(lt, ls), axis=-1)
 
 
-def jsd_alpha(ls: Array, lt: Array, alpha: float) -> Array:
-  """[a KL(P_t||M) + (1-a) KL(P_s||M)] / (a (1-a)), M = a P_t + (1-a) P_s, for 0 < a < 1 (see module doc)."""
+def jsd_alpha(ls: Array, lt: Array, alpha: float, scale: bool = True) -> Array:
+  """[a KL(P_t||M) + (1-a) KL(P_s||M)] / (a (1-a)), M = a P_t + (1-a) P_s, for 0 < a < 1 (see module doc).
+
+  scale=False: without the 1 / (a (1-a)) factor (the reference code's form)."""
   if not 0.0 < alpha < 1.0:
     raise ValueError(f"jsd_alpha needs 0 < alpha < 1, got {alpha}; use the KL functions at the endpoints")
   log_m = jnp.logaddexp(math.log(alpha) + lt, math.log1p(-alpha) + ls)
   kl_t = jnp.sum(_p_log_ratio(lt, log_m), axis=-1)
   kl_s = jnp.sum(_p_log_ratio(ls, log_m), axis=-1)
-  return (alpha * kl_t + (1.0 - alpha) * kl_s) / (alpha * (1.0 - alpha))
+  mixed = alpha * kl_t + (1.0 - alpha) * kl_s
+  return mixed / (alpha * (1.0 - alpha)) if scale else mixed
 
 
-def divergence(ls: Array, lt: Array, alpha: float) -> Array:
-  """The divergence selected by alpha: 1 -> KL(s||t), 0 -> KL(t||s), otherwise jsd_alpha."""
+def divergence(ls: Array, lt: Array, alpha: float, jsd_scale: bool = True) -> Array:
+  """The divergence selected by alpha: 1 -> KL(s||t), 0 -> KL(t||s), otherwise jsd_alpha (scaled or not)."""
   if alpha == 1.0:
     return kl_student_teacher(ls, lt)
   if alpha == 0.0:
     return kl_teacher_student(ls, lt)
-  return jsd_alpha(ls, lt, alpha)
+  return jsd_alpha(ls, lt, alpha, jsd_scale)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,6 +265,7 @@ def token_terms(s_logits: Array, t_logits: Array, tokens: Array, cfg: DistillCon
   tokens: [B, C] sampled response tokens. Returns dict of [B, C]:
     loss: divergence at cfg.temperature on the cfg support (gradient into s_logits);
     logp: student log-prob of the sampled token at cfg.temperature (gradient into s_logits);
+    logp_t1: the same at temperature 1 (stop-gradient; what the sampler records, for the log-prob check);
     kl_t1: full-vocabulary KL(student||teacher) at temperature 1 (stop-gradient);
     overlap: |top-k(student) ∩ top-k(teacher)| / k (stop-gradient).
   """
@@ -276,8 +291,8 @@ def token_terms(s_logits: Array, t_logits: Array, tokens: Array, cfg: DistillCon
       ls, lt, s_ids = topk_tail_logprobs(s, u, cfg.top_k)
     else:
       ls, lt = ls_full, lt_full
-    lt = clip_teacher(ls, lt, cfg.eps_min, cfg.eps_max, renormalise=True)
-    loss = divergence(ls, lt, cfg.alpha)
+    lt = clip_teacher(ls, lt, cfg.eps_min, cfg.eps_max, renormalise=cfg.renormalize)
+    loss = divergence(ls, lt, cfg.alpha, cfg.jsd_scale)
 
   with jax.named_scope("diagnostics"):
     sg_s = jax.lax.stop_gradient(s_logits)
@@ -286,11 +301,12 @@ def token_terms(s_logits: Array, t_logits: Array, tokens: Array, cfg: DistillCon
     else:
       ls1, lt1 = sg_s - safe_logsumexp(sg_s)[..., None], t_logits - safe_logsumexp(t_logits)[..., None]
     kl_t1 = kl_student_teacher(ls1, lt1)
+    logp_t1 = jnp.take_along_axis(jax.lax.stop_gradient(ls1), tokens[..., None], axis=-1)[..., 0]
     if s_ids is None:
       s_ids = top_k_ids(sg_s, k)
     t_ids = top_k_ids(t_logits, k)
     overlap = jnp.mean(top_k_membership(t_logits, t_ids, at=s_ids).astype(jnp.float32), axis=-1)
-  return {"loss": loss, "logp": logp, "kl_t1": kl_t1, "overlap": overlap}
+  return {"loss": loss, "logp": logp, "logp_t1": logp_t1, "kl_t1": kl_t1, "overlap": overlap}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -459,23 +475,37 @@ def token_weights(logp: Array, response_mask: Array, sd_mask: Array, sample_weig
   return mask, jax.lax.stop_gradient(weight)
 
 
-def aggregation_scale(mask: Array, aggregation: str) -> tuple[Array, Array]:
+def aggregation_scale(mask: Array, aggregation: str, rows: Optional[Array] = None) -> tuple[Array, Array]:
   """(scale [B, R], count): the loss is sum(values * weight * scale) / max(count, 1) (see ``aggregate``).
 
   ``token_mean``: scale = mask, count = sum(mask); ``seq_mean``: scale = mask / (tokens of the row), count =
-  rows with a masked-in token.
+  rows with a masked-in token, or, when ``rows`` [B] (0/1) is given, sum(rows): the rows the mean runs over
+  (``row_mean_over="all_rows"`` passes the rows that have a response, sd_mask 0 or not; see ``row_count``).
   """
   if aggregation == "token_mean":
     return mask, jnp.sum(mask)
   if aggregation == "seq_mean":
     n_tok = jnp.sum(mask, axis=-1, keepdims=True)  # [B, 1]
-    return mask / jnp.maximum(n_tok, 1.0), jnp.sum((n_tok > 0).astype(jnp.float32))
+    count = jnp.sum((n_tok > 0).astype(jnp.float32)) if rows is None else jnp.sum(rows.astype(jnp.float32))
+    return mask / jnp.maximum(n_tok, 1.0), count
   raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 
-def aggregate(values: Array, mask: Array, weight: Array, aggregation: str) -> tuple[Array, Array]:
+def row_count(response_mask: Array, row_mean_over: str) -> Optional[Array]:
+  """The ``rows`` argument of ``aggregation_scale`` for a ``row_mean_over`` setting: None (rows with a
+  masked-in token) or, for ``all_rows``, the [B] indicator of rows with any response token (padding rows of a
+  short batch have none and stay out)."""
+  if row_mean_over == "rows_with_tokens":
+    return None
+  if row_mean_over == "all_rows":
+    return (jnp.sum(response_mask, axis=-1) > 0).astype(jnp.float32)
+  raise ValueError(f"row_mean_over must be one of {ROW_MEANS}, got {row_mean_over!r}")
+
+
+def aggregate(values: Array, mask: Array, weight: Array, aggregation: str, rows: Optional[Array] = None
+              ) -> tuple[Array, Array]:
   """(sum, count) of weighted per-token values [B, R]; the mean is sum / max(count, 1)."""
-  scale, count = aggregation_scale(mask, aggregation)
+  scale, count = aggregation_scale(mask, aggregation, rows)
   return jnp.sum(jnp.where(mask > 0, values * weight * scale, 0.0)), count
 
 

@@ -1,7 +1,9 @@
 """GRPO: group-normalised advantages and the clipped policy-gradient surrogate.
 
 For a group of G responses to one prompt with rewards r_1..r_G:
-  A_i = (r_i - mean(r)) / (std(r) + eps)   (population std, ddof = 0), or r_i - mean(r) with std off.
+  A_i = (r_i - mean(r)) / (std(r) + eps), or r_i - mean(r) with std off. std: the population std (ddof = 0,
+  ours) or the sample std (ddof = 1, the reference's torch.std; a group of one then gets mean 0, std 1, as
+  there).
 Per response token with ratio rho = exp(logp - old_logp):
   l = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high))          (asymmetric PPO clip, 0.2 / 0.28)
   l = min(l, -A dual_clip)  where A < 0                                   (dual clip, c = 3.0)
@@ -26,6 +28,7 @@ class GRPOConfig:
   """Settings of the GRPO loss (validated at construction)."""
   group_size: int = 8
   normalize_std: bool = True
+  std_ddof: int = 0                  # 0: population std (ours); 1: sample std (the reference, torch.std)
   std_eps: float = 1e-6
   clip_low: float = 0.2
   clip_high: float = 0.28
@@ -44,21 +47,26 @@ class GRPOConfig:
       raise ValueError(f"dual_clip must be > 1 (or None to disable), got {self.dual_clip}")
     if self.kl_coef < 0:
       raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+    if self.std_ddof not in (0, 1):
+      raise ValueError(f"std_ddof must be 0 (population std) or 1 (sample std), got {self.std_ddof}")
     if self.aggregation not in ("token_mean", "seq_mean"):
       raise ValueError(f"aggregation must be token_mean or seq_mean, got {self.aggregation!r}")
     if not self.temperature > 0 or self.chunk_size < 1 or self.std_eps < 0:
       raise ValueError("temperature must be > 0, chunk_size >= 1 and std_eps >= 0")
 
 
-def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True, eps: float = 1e-6) -> Array:
-  """Advantages [B] for rewards [B] laid out as consecutive groups of `group_size`."""
+def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True, eps: float = 1e-6,
+                     ddof: int = 0) -> Array:
+  """Advantages [B] for rewards [B] laid out as consecutive groups of `group_size` (std with `ddof`)."""
   b = rewards.shape[0]
   if b % group_size:
     raise ValueError(f"batch size {b} is not a multiple of group_size {group_size}")
   r = rewards.astype(jnp.float32).reshape(b // group_size, group_size)
+  if ddof and group_size == 1:  # the reference: a lone sample has mean 0 and std 1
+    return r.reshape(b) / (1.0 + eps) if normalize_std else r.reshape(b)
   centred = r - jnp.mean(r, axis=1, keepdims=True)
   if normalize_std:
-    centred = centred / (jnp.std(r, axis=1, keepdims=True) + eps)
+    centred = centred / (jnp.std(r, axis=1, keepdims=True, ddof=ddof) + eps)
   return centred.reshape(b)
 
 

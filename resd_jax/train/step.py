@@ -11,7 +11,11 @@ by the total count once, so 4 micro-batches give the same update as one full bat
 
 Metrics are (sum, count) pairs of float32 scalars: loss, kl_t1 (full-vocabulary KL(student||teacher) at
 temperature 1, token mean), topk_overlap, teacher_context_frac (samples with a teacher context among samples
-with a response), grad_norm, lr, tokens (masked-in response tokens, per sample), skipped.
+with a response), grad_norm, lr, tokens (masked-in response tokens, per sample), skipped, and the
+sampler-vs-trainer check logprob_diff_mean / logprob_diff_max: |rollout log-prob - trainer log-prob| of the
+sampled response tokens, both at temperature 1, over rows whose rollout log-probs are known. Stale or wrong
+weights in the sampler show up there the first step they happen. A metric whose name ends in `_max` is a
+(max, 1) pair: micro-batches (and `metrics.merge_pairs`) combine it by maximum, not by sum.
 """
 from __future__ import annotations
 
@@ -84,6 +88,30 @@ def _sum_count(total, count) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(total, jnp.float32), jnp.asarray(count, jnp.float32)
 
 
+def logprob_diff_metrics(trainer_logp: jax.Array, rollout_logprobs: jax.Array, response_mask: jax.Array
+                         ) -> Metrics:
+  """Sampler-vs-trainer check: (sum, count) of |rollout - trainer| log-prob over response tokens, and its max
+  as a (max, 1) pair. Both log-probs are of the sampled tokens at temperature 1 (trainer_logp [B, R] under
+  stop_gradient). Rows whose rollout log-probs are unknown (all zero: none were recorded) are left out."""
+  rollout = rollout_logprobs.astype(jnp.float32)
+  known = jnp.any((rollout != 0) & (response_mask > 0), axis=-1, keepdims=True)            # [B, 1]
+  live = (response_mask > 0) & known                                                         # [B, R]
+  diff = jnp.where(live, jnp.abs(jax.lax.stop_gradient(trainer_logp).astype(jnp.float32) - rollout), 0.0)
+  return {"logprob_diff_mean": _sum_count(jnp.sum(diff), jnp.sum(live)),
+          "logprob_diff_max": _sum_count(jnp.max(diff), 1.0)}
+
+
+def combine_metrics(a: Metrics, b: Metrics) -> Metrics:
+  """Two micro-batches' metrics: pairs add, except `*_max` pairs (max, 1), which keep the larger max."""
+  out = {}
+  for k in a:
+    if k.endswith("_max"):
+      out[k] = (jnp.maximum(a[k][0], b[k][0]), jnp.maximum(a[k][1], b[k][1]))  # the scan starts from (0, 0)
+    else:
+      out[k] = (a[k][0] + b[k][0], a[k][1] + b[k][1])
+  return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Losses of one micro-batch: (sum, (count, metric sums)).
 
@@ -110,7 +138,8 @@ def sd_loss(graphdef: nnx.GraphDef, params: Any, parts: list[tuple[Any, float]],
   with jax.named_scope("sd_loss"):
     if cfg.fused_loss:
       mask = losses.token_mask(batch.response_mask, batch.sd_mask)                                    # [B, R]
-      scale, count = losses.aggregation_scale(mask, dcfg.aggregation)
+      rows = losses.row_count(batch.response_mask, dcfg.row_mean_over)                               # [B] or None
+      scale, count = losses.aggregation_scale(mask, dcfg.aggregation, rows)
       coef = scale * batch.sample_weight.astype(jnp.float32)[:, None]                                 # [B, R]
       head = student.head_weight()
       head_cast = jax.lax.stop_gradient(head_in_compute_dtype(student))  # its gradient reaches `head` (matmul.py)
@@ -122,7 +151,8 @@ def sd_loss(graphdef: nnx.GraphDef, params: Any, parts: list[tuple[Any, float]],
                                          batch.response_tokens, dcfg, remat=cfg.remat_loss)      # each [B, R]
       mask, weight = losses.token_weights(terms["logp"], batch.response_mask, batch.sd_mask, batch.sample_weight,
                                           batch.rollout_logprobs, dcfg)
-      total, count = losses.aggregate(terms["loss"], mask, weight, dcfg.aggregation)
+      total, count = losses.aggregate(terms["loss"], mask, weight, dcfg.aggregation,
+                                      losses.row_count(batch.response_mask, dcfg.row_mean_over))
   n_tok = jnp.sum(mask)
   has_response = (jnp.sum(batch.response_mask, axis=-1) > 0).astype(jnp.float32)         # [B]
   metrics = {
@@ -130,6 +160,7 @@ def sd_loss(graphdef: nnx.GraphDef, params: Any, parts: list[tuple[Any, float]],
       "topk_overlap": _sum_count(jnp.sum(terms["overlap"] * mask), n_tok),
       "teacher_context_frac": _sum_count(jnp.sum(has_response * (batch.sd_mask > 0)), jnp.sum(has_response)),
       "tokens": _sum_count(n_tok, batch.response_tokens.shape[0]),
+      **logprob_diff_metrics(terms["logp_t1"], batch.rollout_logprobs, batch.response_mask),
   }
   return total, (count, metrics)
 
@@ -151,6 +182,8 @@ def grpo_loss(graphdef: nnx.GraphDef, params: Any, batch: Any, cfg: StepConfig
              "tokens": _sum_count(n_tok, batch.response_tokens.shape[0])}
   if "dual_clipped" in info:
     metrics["dual_clip_frac"] = _sum_count(jnp.sum(info["dual_clipped"] * (mask > 0)), n_tok)
+  # The surrogate's log-probs are at the rollout temperature (1 in every paper config), the rollout's at 1.
+  metrics.update(logprob_diff_metrics(logp, batch.rollout_logprobs, batch.response_mask))
   return total, (count, metrics)
 
 
@@ -177,7 +210,8 @@ def accumulate(loss_fn: Callable, params: Any, batch: Any, n: int) -> tuple[Any,
 
   def body(carry, micro):
     (total, (count, metrics)), grads = grad_fn(params, micro)
-    return jax.tree.map(jnp.add, carry, (grads, total, count, metrics)), None
+    g, t, c, m = carry
+    return (jax.tree.map(jnp.add, (g, t, c), (grads, total, count)) + (combine_metrics(m, metrics),)), None
 
   micro = _split_micro(batch, n)
   first = jax.tree.map(lambda x: x[0], micro)
