@@ -94,7 +94,10 @@ def test_sharded_step_equals_single_device(mesh_shape):
   moved = max_diff(ref[-1], jax.tree.map(np.asarray, model_parts()[1]))
   assert moved > 1e-4  # the steps really changed the parameters
   assert max_diff(got[-1], ref[-1]) < 1e-6
-  np.testing.assert_allclose(metrics[-1]["loss"], ref_metrics[-1]["loss"], rtol=1e-4)
+  # atol as in the micro-batch test below: the loss (~3e-3 here) is a small difference of log-probabilities summed
+  # in another order across 8 shards; on a Sapphire Rapids host the (8, 1) mesh's loss differs by 4.8e-7 (1.6e-4
+  # relative) while the parameters agree to 1e-6; a wrong loss would be off by a large fraction.
+  np.testing.assert_allclose(metrics[-1]["loss"], ref_metrics[-1]["loss"], rtol=1e-4, atol=2e-6)
   # parameters live sharded on the mesh, not replicated
   q = state.params["layers"]["q"][...]
   assert len(q.sharding.device_set) == 8
