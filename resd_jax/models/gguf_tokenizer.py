@@ -18,8 +18,9 @@ Divergence from transformers (5.x) `AutoTokenizer.from_pretrained(dir, gguf_file
 `pre = "smollm"` (and the other starcoder-family names) and splits with GPT-2's rule alone, so a digit after
 whitespace can tokenize differently there ("x  12": ours and SmolLM2's tokenizer.json give `x|ĠĠ|1|2`,
 transformers `x|Ġ|Ġ|1|2`). We follow the model's own tokenizer (and llama.cpp), so the model sees what it
-was trained on. sentencepiece vocabularies (`model = "llama"`) are not built here: `load_gguf_tokenizer`
-falls back to transformers for them (which needs torch).
+was trained on. Sentencepiece vocabularies (`model = "llama"`) and `pre` names missing from `_SPLITS` are not
+built here (`UnsupportedGGUFTokenizer`): `tokenizer.load_gguf_tokenizer` falls back to transformers for them,
+which needs torch.
 """
 from __future__ import annotations
 
@@ -102,43 +103,47 @@ def read_spec(path: str | os.PathLike) -> GGUFTokenizerSpec:
     fields = gguf.GGUFReader(str(p)).fields
   except (ValueError, OSError) as e:
     raise GGUFTokenizerError(f"{p}: not a readable GGUF file ({str(e).splitlines()[0] if str(e) else e!r})") from e
-  get = fields.get
+  key = ""
+
+  def get(name: str, read: Any = _scalar, default: Any = None) -> Any:
+    nonlocal key
+    key = name
+    return read(fields[name]) if name in fields else default
+
   try:
-    hf_json = _scalar(fields["tokenizer.huggingface.json"]) if "tokenizer.huggingface.json" in fields else None
+    hf_json = get("tokenizer.huggingface.json")
     missing = [k for k in ("tokenizer.ggml.model", "tokenizer.ggml.tokens") if k not in fields]
     if missing and hf_json is None:
       raise GGUFTokenizerError(f"{p}: no tokenizer in this GGUF (missing {', '.join(missing)}); point "
                                "model.tokenizer at the model's tokenizer directory instead")
-    tokens = _strings(fields["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in fields else ()
-    types = _ints(fields["tokenizer.ggml.token_type"]) if "tokenizer.ggml.token_type" in fields else ()
+    tokens = get("tokenizer.ggml.tokens", _strings, ())
+    types = get("tokenizer.ggml.token_type", _ints, ())
     if types and len(types) != len(tokens):
       raise GGUFTokenizerError(f"{p}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
     special_ids = {}
-    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),
-                      ("pad", "padding_token_id")):
-      f = get(f"tokenizer.ggml.{key}")
-      if f is not None and 0 <= (i := _scalar(f)) < len(tokens):
+    for name, k in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),
+                    ("pad", "padding_token_id")):
+      i = get(f"tokenizer.ggml.{k}")
+      if i is not None and 0 <= i < len(tokens):
         special_ids[name] = i
-    template: str | dict[str, str] | None = _scalar(fields["tokenizer.chat_template"]) \
-        if "tokenizer.chat_template" in fields else None
-    if "tokenizer.chat_templates" in fields:  # named extra templates (tool use, RAG, ...)
-      named = {n: _scalar(fields[f"tokenizer.chat_template.{n}"]) for n in _strings(fields["tokenizer.chat_templates"])
-               if f"tokenizer.chat_template.{n}" in fields}
-      template = {**({"default": template} if template else {}), **named} or template
+    template: str | dict[str, str] | None = get("tokenizer.chat_template")
+    names = get("tokenizer.chat_templates", _strings, ())  # named extra templates (tool use, RAG, ...)
+    named = {n: t for n in names if (t := get(f"tokenizer.chat_template.{n}")) is not None}
+    if named:
+      template = {**({"default": template} if template else {}), **named}
     return GGUFTokenizerSpec(
-        path=str(p),
-        model=_scalar(fields["tokenizer.ggml.model"]) if "tokenizer.ggml.model" in fields else "",
-        pre=_scalar(fields["tokenizer.ggml.pre"]) if "tokenizer.ggml.pre" in fields else "default",
+        path=str(p), model=get("tokenizer.ggml.model", default=""), pre=get("tokenizer.ggml.pre", default="default"),
         tokens=tokens, token_types=types or (NORMAL,) * len(tokens),
-        merges=_strings(fields["tokenizer.ggml.merges"]) if "tokenizer.ggml.merges" in fields else (),
-        special_ids=special_ids,
-        add_bos=bool(_scalar(fields["tokenizer.ggml.add_bos_token"])) if "tokenizer.ggml.add_bos_token" in fields
-        else False,
-        add_eos=bool(_scalar(fields["tokenizer.ggml.add_eos_token"])) if "tokenizer.ggml.add_eos_token" in fields
-        else False,
+        merges=get("tokenizer.ggml.merges", _strings, ()), special_ids=special_ids,
+        add_bos=bool(get("tokenizer.ggml.add_bos_token", default=False)),
+        add_eos=bool(get("tokenizer.ggml.add_eos_token", default=False)),
         chat_template=template, hf_json=hf_json)
   except UnicodeDecodeError as e:
-    raise GGUFTokenizerError(f"{p}: tokenizer metadata is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    raise GGUFTokenizerError(f"{p}: {key} is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+  except (IndexError, TypeError, AttributeError, ValueError) as e:
+    if isinstance(e, GGUFTokenizerError):
+      raise
+    raise GGUFTokenizerError(f"{p}: {key} has an unexpected type or shape ({e.__class__.__name__})") from e
 
 
 def byte_alphabet() -> dict[int, str]:
@@ -161,13 +166,13 @@ def build_backend(spec: GGUFTokenizerSpec) -> Any:
   if spec.hf_json is not None:
     return Tokenizer.from_str(spec.hf_json)
   if spec.model != "gpt2":
-    raise UnsupportedGGUFTokenizer(f"{spec.path}: tokenizer.ggml.model={spec.model!r} is not built without "
-                                   "transformers' GGUF reader (supported here: 'gpt2' byte-level BPE)")
+    raise UnsupportedGGUFTokenizer(f"{spec.path}: tokenizer.ggml.model={spec.model!r} is read by transformers' GGUF "
+                                   "reader only (built here: 'gpt2', byte-level BPE)")
   split = _SPLITS.get(spec.pre)
   if split is None:
     raise UnsupportedGGUFTokenizer(
-        f"{spec.path}: tokenizer.ggml.pre={spec.pre!r} is not a known pre-tokenizer (known: "
-        f"{', '.join(sorted(_SPLITS))}); point model.tokenizer at the model's tokenizer directory instead")
+        f"{spec.path}: tokenizer.ggml.pre={spec.pre!r} is not a split rule built here (known: "
+        f"{', '.join(sorted(_SPLITS))}); only transformers' GGUF reader reads it (with GPT-2's rule)")
   spell = byte_alphabet()
   alphabet = frozenset(spell.values())
   vocab: dict[str, int] = {}

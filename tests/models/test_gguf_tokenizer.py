@@ -173,13 +173,27 @@ def test_special_tokens_and_vocab_match_transformers(ours, ref):
   assert ours.convert_tokens_to_ids(["<|im_start|>", "Ġthe"]) == ref.convert_tokens_to_ids(["<|im_start|>", "Ġthe"])
 
 
+def test_save_and_reload_as_a_tokenizer_directory(ours, tmp_path):
+  """What hf_io.save_hf writes next to exported weights loads back (tokenizer.json keeps the digit split)."""
+  ours.save_pretrained(str(tmp_path))
+  back = tk.load_tokenizer(tmp_path)
+  for text in CORPUS:
+    assert _ids(back, text) == _ids(ours, text), text
+  for conv in CONVERSATIONS:
+    assert tk.chat_tokens(back, conv) == tk.chat_tokens(ours, conv)
+  assert (back.eos_token, back.pad_token, back.bos_token, len(back)) == ("<|im_end|>", "<|im_end|>", "<|im_start|>",
+                                                                          49152)
+  assert tk.stop_token_ids(back) == (0, 2)
+
+
 # ------------------------------------------------------------------------------------------ synthetic files
-def _write_gguf(path, tokens=None, types=None, merges=(), pre="gpt2", add_bos=False, template=None, bos=None):
+def _write_gguf(path, tokens=None, types=None, merges=(), pre="gpt2", add_bos=False, template=None, bos=None,
+                model="gpt2"):
   import gguf
   w = gguf.GGUFWriter(str(path), "llama")
   w.add_block_count(1)
   if tokens is not None:
-    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_model(model)
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types or [1] * len(tokens))
@@ -243,7 +257,7 @@ def test_gguf_without_tokenizer_is_one_clear_line(tmp_path):
 def test_unknown_pre_tokenizer_and_bad_files_are_one_line(tmp_path):
   tokens, types, merges = _small_vocab()
   path = _write_gguf(tmp_path / "odd.gguf", tokens, types, merges, pre="no-such-split")
-  with pytest.raises(gt.GGUFTokenizerError, match=r"tokenizer.ggml.pre='no-such-split' is not a known") as e:
+  with pytest.raises(gt.GGUFTokenizerError, match=r"tokenizer.ggml.pre='no-such-split' is not a split rule built here") as e:
     gt.load(path)
   assert "\n" not in str(e.value) and str(path) in str(e.value)
   with pytest.raises(gt.GGUFTokenizerError, match="does not exist"):
@@ -253,6 +267,31 @@ def test_unknown_pre_tokenizer_and_bad_files_are_one_line(tmp_path):
   with pytest.raises(gt.GGUFTokenizerError, match="not a readable GGUF") as e:
     tk.load_gguf_tokenizer(junk)
   assert "\n" not in str(e.value) and str(junk) in str(e.value)
+
+
+def test_malformed_metadata_names_the_key(tmp_path):
+  import gguf
+  tokens, types, merges = _small_vocab()
+  path = tmp_path / "typed.gguf"
+  w = gguf.GGUFWriter(str(path), "llama")
+  w.add_tokenizer_model("gpt2")
+  w.add_token_list(tokens)
+  w.add_string("tokenizer.ggml.bos_token_id", "one")  # should be a uint32
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.close()
+  with pytest.raises(gt.GGUFTokenizerError, match=r"tokenizer.ggml.bos_token_id has an unexpected type") as e:
+    gt.read_spec(path)
+  assert "\n" not in str(e.value) and str(path) in str(e.value)
+  path = tmp_path / "bytes.gguf"
+  w = gguf.GGUFWriter(str(path), "llama")
+  w.add_tokenizer_model("gpt2")
+  w.add_token_list([b"ok", b"\xff\xfe"])  # not UTF-8
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.close()
+  with pytest.raises(gt.GGUFTokenizerError, match=r"tokenizer.ggml.tokens is not valid UTF-8"):
+    gt.read_spec(path)
 
 
 def test_embedded_without_the_package_names_the_install_command(monkeypatch):
@@ -288,7 +327,7 @@ def _entry_point_imports() -> list[tuple[str, tuple[str, ...]]]:
 
 
 @pytest.mark.slow
-def test_main_path_runs_without_torch(smollm):
+def test_main_path_runs_without_torch(smollm, tmp_path):
   imports = _entry_point_imports()
   assert ("resd_jax.algorithms.resd", ("train",)) in imports and len(imports) > 10
   script = textwrap.dedent(f"""
@@ -299,8 +338,12 @@ def test_main_path_runs_without_torch(smollm):
         m = importlib.import_module(module)
         for n in names:  # `from m import n`: an attribute or a submodule
           getattr(m, n) if hasattr(m, n) else importlib.import_module(module + "." + n)
+      import pathlib
+      sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+      from test_gguf_tokenizer import _write_gguf
       from resd_jax import configs
       from resd_jax.algorithms import runtime
+      from resd_jax.models import gguf_tokenizer as gt
       from resd_jax.models import hf_io, tokenizer as tk
       cfg = configs.load("manufactoria:tiny")
       tok = runtime.load_tokenizer(cfg)
@@ -311,6 +354,14 @@ def test_main_path_runs_without_torch(smollm):
       mcfg = hf_io.config_from_gguf(path)
       reader = hf_io._GGUFReader(path, mcfg.num_heads, mcfg.num_kv_heads)
       assert reader.read("blk.0.attn_q.weight").shape[0] == mcfg.num_heads * mcfg.head_dim
+      # a sentencepiece GGUF needs transformers' reader, hence torch: one line that says so
+      spm = _write_gguf(pathlib.Path({str(tmp_path)!r}) / "spm.gguf", ["<unk>", "<s>", "</s>", "\u2581a"],
+                        [2, 3, 3, 1], model="llama")
+      try:
+        tk.load_gguf_tokenizer(spm)
+        raise AssertionError("expected GGUFTokenizerError")
+      except gt.GGUFTokenizerError as e:
+        assert "\\n" not in str(e) and "pip install torch" in str(e) and "'llama'" in str(e), str(e)
       assert sys.modules["torch"] is None and not [k for k in sys.modules if k.startswith("torch.")]
       print("NO_TORCH_OK")
   """)
