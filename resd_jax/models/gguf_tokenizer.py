@@ -10,17 +10,21 @@ What a GGUF stores (llama.cpp's names) and what we build from it:
   tokenizer.ggml.pre                 how text is split before BPE (`_SPLITS`, from llama.cpp's table of the same
                                      names). SmolLM2 says "smollm": every digit on its own, then GPT-2's split --
                                      the Digits + ByteLevel chain of SmolLM2's own tokenizer.json.
+  tokenizer.ggml.model = "llama"     sentencepiece BPE (Llama 2, Mistral, TinyLlama; architecture "llama" only):
+                                     U+2581 for spaces, <0xXX> byte fallback, merges ranked by tokenizer.ggml.scores.
   tokenizer.ggml.token_type          3 (control) -> special added token, 4 (user defined) -> added token.
   tokenizer.ggml.{bos,eos,unknown,padding}_token_id, add_{bos,eos}_token, tokenizer.chat_template[s].
   tokenizer.huggingface.json         when a file carries a whole tokenizer.json, that is used as is.
+Other kinds, sentencepiece files of other architectures (Gemma, Phi-3) and `pre` names missing from `_SPLITS` are
+not built here (`UnsupportedGGUFTokenizer`): `tokenizer.load_gguf_tokenizer` falls back to transformers for
+them, which needs torch.
 
 Divergence from transformers (5.x) `AutoTokenizer.from_pretrained(dir, gguf_file=...)`: transformers ignores
 `pre = "smollm"` (and the other starcoder-family names) and splits with GPT-2's rule alone, so a digit after
-whitespace can tokenize differently there ("x  12": ours and SmolLM2's tokenizer.json give `x|ĠĠ|1|2`,
-transformers `x|Ġ|Ġ|1|2`). We follow the model's own tokenizer (and llama.cpp), so the model sees what it
-was trained on. Sentencepiece vocabularies (`model = "llama"`) and `pre` names missing from `_SPLITS` are not
-built here (`UnsupportedGGUFTokenizer`): `tokenizer.load_gguf_tokenizer` falls back to transformers for them,
-which needs torch.
+whitespace or another digit can tokenize differently there ("x  12": ours and SmolLM2's tokenizer.json give
+`x|ĠĠ|1|2`, transformers `x|Ġ|Ġ|1|2`). We follow the model's own tokenizer (and llama.cpp), so the model sees
+what it was trained on. For sentencepiece files we honour `add_space_prefix = false` (transformers always
+prepends the space).
 """
 from __future__ import annotations
 
@@ -65,14 +69,17 @@ class UnsupportedGGUFTokenizer(GGUFTokenizerError):
 class GGUFTokenizerSpec:
   """The tokenizer metadata of one GGUF file (llama.cpp's keys, decoded)."""
   path: str
+  architecture: str               # general.architecture: "llama", "qwen3", ...
   model: str                      # tokenizer.ggml.model: "gpt2", "llama", ...
   pre: str                        # tokenizer.ggml.pre ("default" when absent)
   tokens: tuple[str, ...]         # id -> token, as stored (byte alphabet for gpt2 vocabularies)
   token_types: tuple[int, ...]    # id -> llama.cpp token type; all NORMAL when absent
   merges: tuple[str, ...]         # "left right", best first
+  scores: tuple[float, ...]       # id -> sentencepiece score (sentencepiece vocabularies; may be empty)
   special_ids: dict[str, int]     # bos / eos / unk / pad -> id (only those the file names, in range)
   add_bos: bool
   add_eos: bool
+  add_space_prefix: bool          # sentencepiece: a space is put before the text ("tokenizer.ggml.add_space_prefix")
   chat_template: str | dict[str, str] | None
   hf_json: str | None             # tokenizer.huggingface.json, when present
 
@@ -91,6 +98,10 @@ def _strings(field: Any) -> tuple[str, ...]:
 
 def _ints(field: Any) -> tuple[int, ...]:
   return tuple(int(field.parts[i][0]) for i in field.data)
+
+
+def _floats(field: Any) -> tuple[float, ...]:
+  return tuple(float(field.parts[i][0]) for i in field.data)
 
 
 def read_spec(path: str | os.PathLike) -> GGUFTokenizerSpec:
@@ -131,12 +142,18 @@ def read_spec(path: str | os.PathLike) -> GGUFTokenizerSpec:
     named = {n: t for n in names if (t := get(f"tokenizer.chat_template.{n}")) is not None}
     if named:
       template = {**({"default": template} if template else {}), **named}
+    model = get("tokenizer.ggml.model", default="")
+    scores = get("tokenizer.ggml.scores", _floats, ())
+    if scores and len(scores) != len(tokens):
+      raise GGUFTokenizerError(f"{p}: tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens")
     return GGUFTokenizerSpec(
-        path=str(p), model=get("tokenizer.ggml.model", default=""), pre=get("tokenizer.ggml.pre", default="default"),
+        path=str(p), architecture=get("general.architecture", default=""), model=model, pre=get("tokenizer.ggml.pre", default="default"),
         tokens=tokens, token_types=types or (NORMAL,) * len(tokens),
-        merges=get("tokenizer.ggml.merges", _strings, ()), special_ids=special_ids,
-        add_bos=bool(get("tokenizer.ggml.add_bos_token", default=False)),
+        merges=get("tokenizer.ggml.merges", _strings, ()), scores=scores, special_ids=special_ids,
+        # llama.cpp adds BOS to a sentencepiece vocabulary whose file does not say otherwise
+        add_bos=bool(get("tokenizer.ggml.add_bos_token", default=model == "llama")),
         add_eos=bool(get("tokenizer.ggml.add_eos_token", default=False)),
+        add_space_prefix=bool(get("tokenizer.ggml.add_space_prefix", default=True)),
         chat_template=template, hf_json=hf_json)
   except UnicodeDecodeError as e:
     raise GGUFTokenizerError(f"{p}: {key} is not valid UTF-8 ({e.reason} at byte {e.start})") from e
@@ -160,14 +177,34 @@ def _byte_level_spelling(token: str, alphabet: frozenset[str], spell: dict[int, 
   return token if set(token) <= alphabet else "".join(spell[b] for b in token.encode("utf-8"))
 
 
-def build_backend(spec: GGUFTokenizerSpec) -> Any:
-  """The `tokenizers.Tokenizer` the spec describes (byte-level BPE, or the file's own tokenizer.json)."""
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors  # noqa: PLC0415
-  if spec.hf_json is not None:
-    return Tokenizer.from_str(spec.hf_json)
-  if spec.model != "gpt2":
-    raise UnsupportedGGUFTokenizer(f"{spec.path}: tokenizer.ggml.model={spec.model!r} is read by transformers' GGUF "
-                                   "reader only (built here: 'gpt2', byte-level BPE)")
+def _merge_pairs(spec: GGUFTokenizerSpec) -> list[tuple[str, str]]:
+  pairs = []
+  for n, m in enumerate(spec.merges):
+    left, sep, right = m.partition(" ")
+    if not sep or not left or not right:
+      raise GGUFTokenizerError(f"{spec.path}: tokenizer.ggml.merges[{n}]={m!r} is not two tokens separated by a space")
+    pairs.append((left, right))
+  return pairs
+
+
+def _merges_from_scores(vocab: dict[str, int], spec: GGUFTokenizerSpec) -> list[tuple[str, str]]:
+  """Sentencepiece files carry scores, not merges: every split of a token into two vocabulary tokens is a merge,
+  ranked by the merged token's score (higher first); ties: longer left piece, longer right piece, file order."""
+  ranked = []
+  for i, (tok, kind) in enumerate(zip(spec.tokens, spec.token_types)):
+    if vocab.get(tok) != i:  # a repeated token: its first id is the one in the vocabulary
+      continue
+    score = spec.scores[i] if spec.scores else -float(i)
+    splits = sorted(((vocab[tok[:k]], vocab[tok[k:]], k) for k in range(1, len(tok))
+                     if tok[:k] in vocab and tok[k:] in vocab))
+    ranked += [(-score, -k, -(len(tok) - k), i, n, tok[:k], tok[k:]) for n, (_, _, k) in enumerate(splits)]
+  ranked.sort()
+  return [(left, right) for *_, left, right in ranked]
+
+
+def _byte_level(spec: GGUFTokenizerSpec) -> Any:
+  """Byte-level BPE (`model = "gpt2"`): GPT-2's byte alphabet, the file's merges, the split `pre` names."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415
   split = _SPLITS.get(spec.pre)
   if split is None:
     raise UnsupportedGGUFTokenizer(
@@ -180,13 +217,7 @@ def build_backend(spec: GGUFTokenizerSpec) -> Any:
     # Control / user-defined tokens keep their text (they are matched whole, before BPE); the rest are BPE units.
     key = tok if kind in (CONTROL, USER_DEFINED) else _byte_level_spelling(tok, alphabet, spell)
     vocab.setdefault(key, i)  # a repeated token keeps its first id
-  merges = []
-  for n, m in enumerate(spec.merges):
-    left, sep, right = m.partition(" ")
-    if not sep or not left or not right:
-      raise GGUFTokenizerError(f"{spec.path}: tokenizer.ggml.merges[{n}]={m!r} is not two tokens separated by a space")
-    merges.append((left, right))
-  bpe = models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False,
+  bpe = models.BPE(vocab=vocab, merges=_merge_pairs(spec), unk_token=None, fuse_unk=False, byte_fallback=False,
                    ignore_merges=spec.pre in _IGNORE_MERGES)
   tok = Tokenizer(bpe)
   tok.normalizer = None
@@ -199,6 +230,44 @@ def build_backend(spec: GGUFTokenizerSpec) -> Any:
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   tok.decoder = decoders.ByteLevel()
+  return tok
+
+
+def _sentencepiece(spec: GGUFTokenizerSpec) -> Any:
+  """Sentencepiece BPE (`model = "llama"`: Llama 2, Mistral, TinyLlama): spaces as U+2581, a space before the text
+  when the file says so, characters outside the vocabulary as <0xXX> byte tokens."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415
+  vocab: dict[str, int] = {}
+  for i, tok in enumerate(spec.tokens):
+    vocab.setdefault(tok, i)
+  merges = _merge_pairs(spec) if spec.merges else _merges_from_scores(vocab, spec)
+  unk = spec.tokens[spec.special_ids["unk"]] if "unk" in spec.special_ids else None
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+  tok.normalizer = None
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(
+      replacement="\u2581", prepend_scheme="first" if spec.add_space_prefix else "never", split=False)
+  steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+  tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if spec.add_space_prefix else []))
+  return tok
+
+
+_BUILDERS = {"gpt2": _byte_level, "llama": _sentencepiece}
+# Sentencepiece files are built here for these architectures only: Gemma (token spelling, merges in file order)
+# and Phi-3 (prefix space from a normalizer) need their own rules, which transformers' reader has.
+_SENTENCEPIECE_ARCHS = frozenset(("llama",))
+
+
+def build_backend(spec: GGUFTokenizerSpec) -> Any:
+  """The `tokenizers.Tokenizer` the spec describes (byte-level or sentencepiece BPE, or the file's tokenizer.json)."""
+  from tokenizers import AddedToken, Tokenizer, processors  # noqa: PLC0415
+  if spec.hf_json is not None:
+    return Tokenizer.from_str(spec.hf_json)
+  if spec.model not in _BUILDERS or (spec.model == "llama" and spec.architecture not in _SENTENCEPIECE_ARCHS):
+    raise UnsupportedGGUFTokenizer(
+        f"{spec.path}: tokenizer.ggml.model={spec.model!r} (architecture {spec.architecture!r}) is read by "
+        "transformers' GGUF reader only (built here: 'gpt2' byte-level BPE, 'llama' sentencepiece for "
+        f"architecture {', '.join(sorted(_SENTENCEPIECE_ARCHS))})")
+  tok = _BUILDERS[spec.model](spec)
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                           for t, kind in zip(spec.tokens, spec.token_types) if kind == CONTROL])
   tok.add_tokens([AddedToken(t, special=False, normalized=False)

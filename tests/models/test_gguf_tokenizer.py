@@ -188,21 +188,27 @@ def test_save_and_reload_as_a_tokenizer_directory(ours, tmp_path):
 
 # ------------------------------------------------------------------------------------------ synthetic files
 def _write_gguf(path, tokens=None, types=None, merges=(), pre="gpt2", add_bos=False, template=None, bos=None,
-                model="gpt2"):
+                model="gpt2", arch="llama", scores=None, unk=None):
   import gguf
-  w = gguf.GGUFWriter(str(path), "llama")
+  w = gguf.GGUFWriter(str(path), arch)
   w.add_block_count(1)
   if tokens is not None:
     w.add_tokenizer_model(model)
-    w.add_tokenizer_pre(pre)
+    if pre is not None:
+      w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types or [1] * len(tokens))
+    if scores is not None:
+      w.add_token_scores(scores)
     if merges:
       w.add_token_merges(list(merges))
     if bos is not None:
       w.add_bos_token_id(bos)
       w.add_eos_token_id(bos + 1)
-    w.add_add_bos_token(add_bos)
+    if unk is not None:
+      w.add_unk_token_id(unk)
+    if add_bos is not None:
+      w.add_add_bos_token(add_bos)
     if template:
       w.add_chat_template(template)
   w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
@@ -243,6 +249,40 @@ def test_small_byte_level_gguf_matches_transformers(tmp_path, pre):
   assert (ours.bos_token, ours.eos_token) == (ref.bos_token, ref.eos_token)
   # transformers adds GPT-2's default "<|endoftext|>" here, one id past the model's embedding; we add nothing
   assert len(ours) == len(tokens) and ours.get_vocab() == {t: i for i, t in enumerate(tokens)}
+
+
+def _sentencepiece_vocab():
+  """<unk> <s> </s>, the 256 byte tokens, pieces with scores (two ties), one user-defined token."""
+  pieces = ["\u2581", "h", "e", "l", "o", "w", "r", "d", "t", "\u2581h", "he", "ll", "llo", "hello", "\u2581hello",
+            "\u2581w", "or", "\u2581wor", "\u2581world", "ld", "\u2581t", "th", "\u2581th", "\u2581\u2581", "lo"]
+  tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces, "<think>"]
+  types = [2, 3, 3] + [6] * 256 + [1] * len(pieces) + [4]
+  scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [0.0]
+  scores[tokens.index("lo")] = scores[tokens.index("ll")]  # ties are broken the same way
+  scores[tokens.index("\u2581th")] = scores[tokens.index("th")]
+  return tokens, types, scores
+
+
+@pytest.mark.parametrize("add_bos", [None, False])
+def test_small_sentencepiece_gguf_matches_transformers(tmp_path, add_bos):
+  pytest.importorskip("torch")
+  from transformers import AutoTokenizer
+  tokens, types, scores = _sentencepiece_vocab()
+  path = _write_gguf(tmp_path / "spm.gguf", tokens, types, pre=None, model="llama", scores=scores, bos=1, unk=0,
+                     add_bos=add_bos)
+  ours = gt.load(path)
+  ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name, local_files_only=True)
+  for text in ["hello world", "  hello  world ", "héllo 😀 wörld\n\ttab", "<s>hello</s><think>", "the th  t",
+               "", "lollo helloworld"]:
+    for special in (False, True):
+      assert _ids(ours, text, special) == _ids(ref, text, special), (text, special)
+    for skip in (False, True):
+      assert ours.decode(_ids(ref, text), skip_special_tokens=skip) == \
+          ref.decode(_ids(ref, text), skip_special_tokens=skip), text
+  # llama.cpp adds BOS to a sentencepiece vocabulary unless the file says not to
+  assert (_ids(ours, "hello", True)[0] == 1) == (add_bos is None)
+  assert (ours.bos_token, ours.eos_token, ours.unk_token) == ("<s>", "</s>", "<unk>")
+  assert ours.convert_ids_to_tokens(_ids(ours, "é")) == ["\u2581", "<0xC3>", "<0xA9>"]  # bytes for what is missing
 
 
 def test_gguf_without_tokenizer_is_one_clear_line(tmp_path):
@@ -356,12 +396,12 @@ def test_main_path_runs_without_torch(smollm, tmp_path):
       assert reader.read("blk.0.attn_q.weight").shape[0] == mcfg.num_heads * mcfg.head_dim
       # a sentencepiece GGUF needs transformers' reader, hence torch: one line that says so
       spm = _write_gguf(pathlib.Path({str(tmp_path)!r}) / "spm.gguf", ["<unk>", "<s>", "</s>", "\u2581a"],
-                        [2, 3, 3, 1], model="llama")
+                        [2, 3, 3, 1], model="llama", arch="gemma")
       try:
         tk.load_gguf_tokenizer(spm)
         raise AssertionError("expected GGUFTokenizerError")
       except gt.GGUFTokenizerError as e:
-        assert "\\n" not in str(e) and "pip install torch" in str(e) and "'llama'" in str(e), str(e)
+        assert "\\n" not in str(e) and "pip install torch" in str(e) and "'gemma'" in str(e), str(e)
       assert sys.modules["torch"] is None and not [k for k in sys.modules if k.startswith("torch.")]
       print("NO_TORCH_OK")
   """)
