@@ -147,7 +147,8 @@ def read_spec(path: str | os.PathLike) -> GGUFTokenizerSpec:
     if scores and len(scores) != len(tokens):
       raise GGUFTokenizerError(f"{p}: tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens")
     return GGUFTokenizerSpec(
-        path=str(p), architecture=get("general.architecture", default=""), model=model, pre=get("tokenizer.ggml.pre", default="default"),
+        path=str(p), architecture=get("general.architecture", default=""), model=model,
+        pre=get("tokenizer.ggml.pre", default="default"),
         tokens=tokens, token_types=types or (NORMAL,) * len(tokens),
         merges=get("tokenizer.ggml.merges", _strings, ()), scores=scores, special_ids=special_ids,
         # llama.cpp adds BOS to a sentencepiece vocabulary whose file does not say otherwise
@@ -191,13 +192,12 @@ def _merges_from_scores(vocab: dict[str, int], spec: GGUFTokenizerSpec) -> list[
   """Sentencepiece files carry scores, not merges: every split of a token into two vocabulary tokens is a merge,
   ranked by the merged token's score (higher first); ties: longer left piece, longer right piece, file order."""
   ranked = []
-  for i, (tok, kind) in enumerate(zip(spec.tokens, spec.token_types)):
+  for i, tok in enumerate(spec.tokens):
     if vocab.get(tok) != i:  # a repeated token: its first id is the one in the vocabulary
       continue
     score = spec.scores[i] if spec.scores else -float(i)
-    splits = sorted(((vocab[tok[:k]], vocab[tok[k:]], k) for k in range(1, len(tok))
-                     if tok[:k] in vocab and tok[k:] in vocab))
-    ranked += [(-score, -k, -(len(tok) - k), i, n, tok[:k], tok[k:]) for n, (_, _, k) in enumerate(splits)]
+    ranked += [(-score, -k, k - len(tok), i, tok[:k], tok[k:]) for k in range(1, len(tok))
+               if tok[:k] in vocab and tok[k:] in vocab]
   ranked.sort()
   return [(left, right) for *_, left, right in ranked]
 

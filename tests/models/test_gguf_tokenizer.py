@@ -188,7 +188,7 @@ def test_save_and_reload_as_a_tokenizer_directory(ours, tmp_path):
 
 # ------------------------------------------------------------------------------------------ synthetic files
 def _write_gguf(path, tokens=None, types=None, merges=(), pre="gpt2", add_bos=False, template=None, bos=None,
-                model="gpt2", arch="llama", scores=None, unk=None):
+                model="gpt2", arch="llama", scores=None, unk=None, space_prefix=None):
   import gguf
   w = gguf.GGUFWriter(str(path), arch)
   w.add_block_count(1)
@@ -207,6 +207,8 @@ def _write_gguf(path, tokens=None, types=None, merges=(), pre="gpt2", add_bos=Fa
       w.add_eos_token_id(bos + 1)
     if unk is not None:
       w.add_unk_token_id(unk)
+    if space_prefix is not None:
+      w.add_add_space_prefix(space_prefix)
     if add_bos is not None:
       w.add_add_bos_token(add_bos)
     if template:
@@ -285,6 +287,20 @@ def test_small_sentencepiece_gguf_matches_transformers(tmp_path, add_bos):
   assert ours.convert_ids_to_tokens(_ids(ours, "é")) == ["\u2581", "<0xC3>", "<0xA9>"]  # bytes for what is missing
 
 
+def test_sentencepiece_without_space_prefix(tmp_path):
+  """`add_space_prefix = false` (which transformers ignores): no U+2581 before the text, none stripped on decode."""
+  tokens, types, scores = _sentencepiece_vocab()
+  path = _write_gguf(tmp_path / "spm.gguf", tokens, types, pre=None, model="llama", scores=scores, bos=1, unk=0,
+                     space_prefix=False)
+  ours = gt.load(path)
+  assert ours.convert_ids_to_tokens(_ids(ours, "hello world")) == ["hello", "\u2581world"]
+  assert ours.decode(_ids(ours, " hello")) == " hello"
+  with_prefix = gt.load(_write_gguf(tmp_path / "spm2.gguf", tokens, types, pre=None, model="llama", scores=scores,
+                                    bos=1, unk=0, space_prefix=True))
+  # "\u2581h" outranks "he", and "\u2581hello" has no split into the pieces left: \u2581h|e|llo
+  assert with_prefix.convert_ids_to_tokens(_ids(with_prefix, "hello world")) == ["\u2581h", "e", "llo", "\u2581world"]
+
+
 def test_gguf_without_tokenizer_is_one_clear_line(tmp_path):
   path = _write_gguf(tmp_path / "weights_only.gguf")
   with pytest.raises(gt.GGUFTokenizerError) as e:
@@ -297,7 +313,7 @@ def test_gguf_without_tokenizer_is_one_clear_line(tmp_path):
 def test_unknown_pre_tokenizer_and_bad_files_are_one_line(tmp_path):
   tokens, types, merges = _small_vocab()
   path = _write_gguf(tmp_path / "odd.gguf", tokens, types, merges, pre="no-such-split")
-  with pytest.raises(gt.GGUFTokenizerError, match=r"tokenizer.ggml.pre='no-such-split' is not a split rule built here") as e:
+  with pytest.raises(gt.GGUFTokenizerError, match=r"tokenizer.ggml.pre='no-such-split' is not a split rule") as e:
     gt.load(path)
   assert "\n" not in str(e.value) and str(path) in str(e.value)
   with pytest.raises(gt.GGUFTokenizerError, match="does not exist"):
