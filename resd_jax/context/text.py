@@ -15,8 +15,11 @@ _WS = re.compile(r"\s+")
 # C0 / C1 control characters other than tab and newline; they confuse tokenizers and terminals.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
+# Line boundaries other than LF (as str.splitlines knows them: CR and CR LF, VT, FF, the separators
+# U+001C-001E, NEL, U+2028, U+2029) become LF in `clean_text`.
+_BREAK = re.compile(r"\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # What `clean_text` takes out of model text:
-#   C0 / C1 controls and DEL except tab and newline (NUL, ESC sequences for terminals, ...);
+#   the other C0 / C1 controls and DEL (tab and LF stay): NUL, ESC sequences for terminals, ...;
 #   bidi embeddings / overrides / isolates U+202A-202E, U+2066-2069 (they reorder what a reader sees:
 #     a lesson could display differently from what the model is shown); the marks LRM / RLM / ALM stay;
 #   invisible separators that hide text from dedupe and readers: ZWSP U+200B, WJ U+2060, BOM U+FEFF,
@@ -29,7 +32,6 @@ _REMOVE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2
 _INVALID = re.compile(r"[\ud800-\udfff\ufdd0-\ufdef" + "".join(
     f"\\U{p:04x}fffe\\U{p:04x}ffff" for p in range(17)) + "]")
 _SURROGATE_PAIR = re.compile(r"[\ud800-\udbff][\udc00-\udfff]")
-_CR = re.compile(r"\r\n?")
 REPLACEMENT = "\ufffd"
 
 
@@ -42,16 +44,16 @@ def clean_text(text: str) -> tuple[str, int]:
 
   A surrogate pair split into two code points (text that went through UTF-16 with `surrogatepass`) becomes
   the character it encodes; any other surrogate (lone high or low, bytes kept by `surrogateescape`) and
-  noncharacters become U+FFFD; CR LF and lone CR become LF; the controls listed at `_REMOVE` are dropped.
+  noncharacters become U+FFFD; line breaks become LF (`_BREAK`); the controls listed at `_REMOVE` are dropped.
   The result always encodes as UTF-8. Never raises; a non-string gives ("", 0).
   """
   if not isinstance(text, str):
     return "", 0
   text, joined = _SURROGATE_PAIR.subn(_join_pair, text)
-  text, crs = _CR.subn("\n", text)
+  text, breaks = _BREAK.subn("\n", text)
   text, removed = _REMOVE.subn("", text)
   text, replaced = _INVALID.subn(REPLACEMENT, text)
-  return text, joined + crs + removed + replaced
+  return text, joined + breaks + removed + replaced
 
 
 def clean_value(value: Any) -> tuple[Any, int]:

@@ -165,9 +165,10 @@ LATIN1_AS_UTF8 = "café ñ".encode("latin-1").decode("utf-8", "surrogateescape")
   ("a\u200fb\u200ec\u061c", "a\u200fb\u200ec\u061c", 0),  # RLM / LRM / ALM marks stay
   ("zero\u200bwidth\u2060joiner\ufeff", "zerowidthjoiner", 3),  # ZWSP, WJ, BOM
   (ZWJ_ZWNJ, ZWJ_ZWNJ, 0),                              # ZWJ (emoji family) and ZWNJ (Persian) stay
-  ("\x00\x07\x1b[0m\x7f\x85end", "[0mend", 5),          # C0, DEL, C1 controls
+  ("\x00\x07\x1b[0m\x7f\x9bend", "[0mend", 5),          # C0, DEL, C1 controls
   ("tab\tnew\nline", "tab\tnew\nline", 0),
   ("a\r\nb\rc", "a\nb\nc", 2),                          # CR LF / CR -> LF
+  ("a\x0bb\x0cc\x85d\u2028e\u2029f\x1eg", "a\nb\nc\nd\ne\nf\ng", 6),  # the other line breaks -> LF
   ("\uffff\ufdd0\U0010fffe\U0001ffff", "\ufffd" * 4, 4),  # noncharacters
   ("hi\U000e0041\U000e0042\U000e007f", "hi", 3),        # invisible tag characters
   ("日本語 😀 e\u0301 שלום \U0001f1eb\U0001f1f7", "日本語 😀 e\u0301 שלום \U0001f1eb\U0001f1f7", 0),
