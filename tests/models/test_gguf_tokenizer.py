@@ -110,8 +110,9 @@ def test_ids_match_transformers(ours, ref, ref_split):
     assert _ids(ours, text, special=True) == _ids(ref, text, special=True) or _digit_split_matters(text), text
     if got != _ids(ref, text):
       differ.append(text)
-  # transformers ignores `pre = "smollm"`; it only differs where the digit-first split matters
-  assert differ and all(_digit_split_matters(t) for t in differ), differ
+  # transformers (5.x) ignores `pre = "smollm"`; it only differs where the digit-first split matters (should a
+  # later release follow `pre`, `differ` becomes empty and this still holds)
+  assert all(_digit_split_matters(t) for t in differ), differ
 
 
 def test_digits_split_like_smollm2(ours, ref):
