@@ -59,6 +59,7 @@ def parse_operations(text: str, cfg: ContextConfig, metrics: Metrics) -> list[Op
   """Operations from curator output; malformed items are skipped and counted."""
   raw = strip_reasoning(text) if isinstance(text, str) else ""
   found = extract_json_object(raw, prefer_keys=("operations",))
+  metrics.add("curate/cleaned_chars", found.cleaned)  # lone surrogates, controls, bidi overrides, ... fixed
   ops_value = found.obj.get("operations") if found.obj is not None else None
   metrics.add("curate/parse_failed", not isinstance(ops_value, list))
   if not isinstance(ops_value, list):

@@ -10,6 +10,11 @@ control characters or be megabytes long. `extract_json_object` tries, in order:
 
 It never raises on bad input and bounds the work: texts longer than `max_chars` are searched in a tail window
 and then a head window only. `recover_tags` is the last resort for tag lists when no object parses at all.
+
+Model text enters the system here, so both the raw text and every string of the parsed object (where JSON
+escapes such as "\ud800" can make lone surrogates) go through `text.clean_text`: what comes out is valid
+Unicode without dangerous controls, and `Extracted.cleaned` says how many places were changed (callers count
+it in their parse metrics).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import re
 from typing import Any
 
 from resd_jax.context.prompts import TEMPLATE_PLACEHOLDERS
+from resd_jax.context.text import clean_text, clean_value
 
 MAX_PARSE_CHARS = 100_000
 _MAX_CANDIDATES = 32
@@ -35,9 +41,11 @@ _ECHO_MAX_CHARS = 200  # longer texts are never a copy of a (short) placeholder
 
 @dataclasses.dataclass
 class Extracted:
-  """obj: the parsed object or None; how: whole / fenced / balanced / repaired / none."""
+  """obj: the parsed object or None; how: whole / fenced / balanced / repaired / none; cleaned: places in the
+  text and the object's strings that `clean_text` changed (lone surrogates, controls, ...)."""
   obj: dict[str, Any] | None
   how: str
+  cleaned: int = 0
 
 
 def _loads(s: str) -> Any:
@@ -162,22 +170,28 @@ def _from_window(text: str, prefer_keys: tuple[str, ...]) -> Extracted:
 
 def extract_json_object(text: Any, prefer_keys: tuple[str, ...] = (),
                         max_chars: int = MAX_PARSE_CHARS) -> Extracted:
-  """The JSON object in `text`, or `Extracted(None, "none")`. Never raises."""
+  """The JSON object in `text` (its strings cleaned), or `Extracted(None, "none")`. Never raises."""
   if not isinstance(text, str) or not text:
     return Extracted(None, "none")
+  text, cleaned = clean_text(text)
   if len(text) <= max_chars:
-    return _from_window(text, prefer_keys)
-  found = _from_window(text[-max_chars:], prefer_keys)  # answers usually come last
-  if found.obj is None:
-    found = _from_window(text[:max_chars], prefer_keys)
-  return found
+    found = _from_window(text, prefer_keys)
+  else:
+    found = _from_window(text[-max_chars:], prefer_keys)  # answers usually come last
+    if found.obj is None:
+      found = _from_window(text[:max_chars], prefer_keys)
+  try:
+    obj, in_obj = clean_value(found.obj)
+  except RecursionError:  # nested deeper than the cleaner walks: no usable answer
+    return Extracted(None, "none", cleaned)
+  return Extracted(obj, found.how, cleaned + in_obj)
 
 
 def recover_tags(text: Any, max_chars: int = MAX_PARSE_CHARS) -> list[tuple[str, str]]:
   """Regex fallback for `{"id": ..., "tag": ...}` pairs when no object parses; valid tags only."""
   if not isinstance(text, str):
     return []
-  window = text[-max_chars:]
+  window = clean_text(text[-max_chars:])[0]
   pairs = [(i, t.lower()) for i, t in _TAG_ID_FIRST.findall(window)]
   pairs += [(i, t.lower()) for t, i in _TAG_TAG_FIRST.findall(window)]
   return [(i, t) for i, t in pairs if t in TAG_VALUES]

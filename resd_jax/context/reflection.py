@@ -68,6 +68,7 @@ def parse_reflection(text: str, cfg: ContextConfig, metrics: Metrics) -> Reflect
   raw = strip_reasoning(text) if isinstance(text, str) else ""
   found = extract_json_object(raw, prefer_keys=REFLECTION_KEYS)
   metrics.add("reflect/parse_failed", found.obj is None)
+  metrics.add("reflect/cleaned_chars", found.cleaned)  # lone surrogates, controls, bidi overrides, ... fixed
   fields: dict[str, str] = {}
   if found.obj is not None:
     for key in REFLECTION_KEYS[:-1]:
@@ -89,6 +90,7 @@ def parse_success_tags(text: str, cfg: ContextConfig, metrics: Metrics) -> list[
   raw = strip_reasoning(text) if isinstance(text, str) else ""
   found = extract_json_object(raw, prefer_keys=("bullet_tags",))
   metrics.add("success_tag/parse_failed", found.obj is None)
+  metrics.add("success_tag/cleaned_chars", found.cleaned)
   return _tags(found.obj, raw, cfg, metrics, "success_tag")
 
 

@@ -6,6 +6,7 @@ Tokenizers are `transformers` tokenizers; these functions paper over version dif
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pathlib
 import re
@@ -39,10 +40,26 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
 
 
 def load_gguf_tokenizer(gguf_path: str | os.PathLike) -> Any:
-  """The tokenizer (with its chat template) stored inside a GGUF file."""
-  from transformers import AutoTokenizer  # noqa: PLC0415
-  p = pathlib.Path(gguf_path)
-  return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
+  """The tokenizer (with its chat template) stored inside a GGUF file.
+
+  Byte-level BPE vocabularies (SmolLM2, Llama 3, Qwen, ...) are built from the metadata without torch
+  (`gguf_tokenizer`); other kinds (sentencepiece, unknown split rules) go through transformers' GGUF reader,
+  which imports torch.
+  """
+  from resd_jax.models import gguf_tokenizer  # noqa: PLC0415
+  spec = gguf_tokenizer.read_spec(gguf_path)
+  try:
+    return gguf_tokenizer.wrap(gguf_tokenizer.build_backend(spec), spec)
+  except gguf_tokenizer.UnsupportedGGUFTokenizer as unsupported:
+    logging.getLogger(__name__).warning("%s; using transformers' GGUF reader", unsupported)
+    try:
+      from transformers import AutoTokenizer  # noqa: PLC0415
+      p = pathlib.Path(spec.path)
+      return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
+    except ImportError as e:  # transformers' GGUF reader needs torch
+      raise gguf_tokenizer.GGUFTokenizerError(
+          f"{unsupported}; that reader needs torch: run `pip install torch`, or point model.tokenizer at the "
+          "model's tokenizer directory") from e
 
 
 @functools.lru_cache(maxsize=1)

@@ -137,3 +137,33 @@ def test_deterministic_and_resume_exact():
   assert a.rng.counter > 0 and len(a.playbook) <= 4
   with pytest.raises(ValueError, match="missing"):
     c.load_state_dict({"playbook": {}})
+
+
+def test_hostile_unicode_end_to_end():
+  """Lone surrogates (JSON escapes and raw), latin-1 bytes kept by surrogateescape, zero-width and bidi
+  controls in every model-written text: the update never raises, what it keeps is valid UTF-8, the token
+  counter (strict UTF-8 here, like a real tokenizer) and the teacher's chat template see only valid text."""
+  from context_fakes import ByteChatTokenizer
+  from resd_jax.context.teacher_context import TeacherContextConfig, build_teacher_context, token_counter
+  latin1 = "résumé".encode("latin-1").decode("utf-8", "surrogateescape")
+  up = ContextUpdater(ContextConfig(), seed=0, count_tokens=lambda s: len(s.encode("utf-8")))
+  reflect = lambda c: reflection_json(f"bad\ud800 {_task_of(c)} \udc00\u202e{latin1}\u200b")  # \uXXXX escapes
+  curate = lambda c: ("```json\n{\"operations\": [{\"type\": \"ADD\", \"section\": \"others\", \"content\": "
+                      "\"lesson \\ud83d\\ude00 \\udfff \u2066x\u2069 \ud800raw\x00\"}]}\n```")
+  gen = ScriptedGenerate(reflect=reflect, curate=curate, tag=lambda c: '{"bullet_tags": []}')
+  batch = [sample("a", False, feedback="fb \udcff\u202e"), sample("b", False, response="resp \ud800\u2067")]
+  res = up.update(batch, gen, step=1)
+  for call in gen.calls:  # the reflector / curator prompts were valid text too
+    for conv in call:
+      for msg in conv:
+        msg["content"].encode("utf-8")
+  assert res.reflections[0].startswith("Error: bad\ufffd a \ufffdr\ufffdsum\ufffd\n")
+  assert [e.content for e in up.playbook.entries] == ["lesson \U0001f600 \ufffd x \ufffdraw"] * 2
+  assert res.metrics["context/reflect/cleaned_chars"] == (2 * 6.0, 2)
+  assert res.metrics["context/curate/cleaned_chars"] == (2 * 5.0, 2)
+  assert res.metrics["context/playbook/tokens"][0] > 0
+  up.to_json().encode("utf-8")
+  tok = ByteChatTokenizer()
+  ctx = build_teacher_context(batch[0], up.playbook, res.reflections[0], None, TeacherContextConfig(),
+                              token_counter(tok))
+  assert tok.apply_chat_template(ctx.messages) and "\ufffd" in ctx.messages[-1]["content"] + ctx.messages[0]["content"]
