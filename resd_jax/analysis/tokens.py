@@ -106,7 +106,7 @@ def per_token_kl(model: Any, batch: Any, teacher_model: Any = None) -> np.ndarra
 
   The student is `model` on `batch.student_tokens`, the teacher is `teacher_model` (default: the same model)
   on `batch.teacher_tokens`; the logits that predict response token j sit at position P - 1 + j of both
-  sequences (see `resd_jax.context.batch`). Full-vocabulary logits are built only for the R response positions.
+  sequences (see `resd_jax.train.batch`). Full-vocabulary logits are built only for the R response positions.
   """
   r = batch.response_tokens.shape[1]
   args = (batch.student_tokens, batch.student_mask, batch.teacher_tokens, batch.teacher_mask)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from resd_jax.context.batch import Batch
+from resd_jax.train.batch import Batch
 from resd_jax.distill.losses import DistillConfig
 from resd_jax.distill.teacher import TeacherConfig
 from resd_jax.models import ModelConfig, Transformer
