@@ -5,7 +5,8 @@
       --config.data.train_path=... --config.data.test_path=... --workdir=runs/finer
 
 Re-running the same command resumes from the newest readable checkpoint in --workdir. Multi-host: run the
-same command on every host; process 0 writes files and its context state is broadcast to the others.
+same command on every host with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set; process 0
+writes files and its context state is broadcast to the others (docs/multihost.md).
 """
 import os
 import sys
@@ -25,13 +26,16 @@ def main(argv):
   del argv
   import jax
   from resd_jax import config_schema
-  from resd_jax.parallel.mesh import maybe_initialize_distributed
+  from resd_jax.parallel.mesh import DistributedInitError, maybe_initialize_distributed
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or cfg.workdir
   if not workdir:
     sys.exit("error: no run directory; pass --workdir=<dir> (checkpoints, metrics and playbooks go there)")
   cfg.workdir = workdir
-  maybe_initialize_distributed()
+  try:
+    maybe_initialize_distributed()  # multi-host: see docs/multihost.md
+  except DistributedInitError as e:
+    sys.exit(f"error: {e}")
   try:
     config_schema.validate(cfg, jax.device_count())
   except config_schema.ConfigError as e:
