@@ -34,8 +34,8 @@ DRIVER = ROOT / "tests" / "algorithms" / "multihost_run.py"
 HARD_TIMEOUT_S = 600          # any one subprocess
 # 2 steps of one outer batch each, a checkpoint after every step; the batch (2 rows) over the data axis, so
 # each process holds one row (the sampler's outputs are really gathered across processes).
-OVERRIDES = {"rollout.inner_updates": 1, "checkpoint.every": 1, "mesh.data": 2, "mesh.fsdp": 1,
-             "mesh.tensor": -1, "eval.num_samples": 1, "train.learning_rate": 1e-3}
+OVERRIDES = {"task.name": "tiny_parity", "rollout.inner_updates": 1, "checkpoint.every": 1, "mesh.data": 2, "mesh.fsdp": 1,
+             "mesh.tensor": -1, "eval.num_samples": 1, "train.learning_rate": 3e-5}
 
 
 # ------------------------------------------------------------------------------------------ fast: placement
@@ -155,8 +155,10 @@ def base_env(tmp: pathlib.Path, devices: int) -> dict[str, str]:
 
 
 def launch(tmp: pathlib.Path, name: str, workdir: pathlib.Path, overrides: dict, *, port: int,
-           heartbeat_s: int = 60) -> list[Proc]:
-  """Two processes of one run. They get different PYTHONHASHSEEDs: nothing may depend on str hashing."""
+           heartbeat_s: int = 300) -> list[Proc]:
+  """Two processes of one run. They get different PYTHONHASHSEEDs: nothing may depend on str hashing.
+  A short heartbeat timeout fails healthy runs on an overloaded machine (a process starved for that long
+  during a compile counts as dead), so only the run that loses a process on purpose gets one."""
   procs = []
   for i in range(2):
     env = base_env(tmp, 4)
@@ -205,7 +207,7 @@ def runs(tmp_path_factory):
     second = launch(tmp, "second", tmp / "multi", {**OVERRIDES, "train.max_steps": 2}, port=free_port())
     started += second
     doomed = launch(tmp, "doomed", tmp / "doomed", {**OVERRIDES, "eval.before_training": False},
-                    port=free_port(), heartbeat_s=5)
+                    port=free_port(), heartbeat_s=20)
     started += doomed
     doomed[1].wait_for_line("STEP 0", timeout=HARD_TIMEOUT_S)
     doomed[1].popen.send_signal(signal.SIGKILL)
@@ -241,9 +243,11 @@ def test_two_processes_resume_to_the_single_process_parameters(runs):
     np.testing.assert_array_equal(pa[k], pb[k])  # the same gathered values on both processes
     np.testing.assert_allclose(pa[k], p_ref[k], rtol=0, atol=1e-6, err_msg=k)
   # The second step moved the weights by far more than the tolerance (a run that trained nothing, or drew
-  # different samples, would not match): learning rate 1e-3.
+  # different samples, would not match). The tolerance is met with a margin only for small learning rates:
+  # Adam divides near-zero gradients by their own size, so reduction-order differences in them (across
+  # processes vs. within one) reach ~5e-3 of the learning rate (seen: 4.6e-6 at 1e-3, 34 of 3.1M weights).
   p_first = dict(np.load(tmp / "first_dump" / "params_0.npz"))
-  assert max(float(np.max(np.abs(pa[k] - p_first[k]))) for k in pa) > 1e-4
+  assert max(float(np.max(np.abs(pa[k] - p_first[k]))) for k in pa) > 1e-5
   assert (tmp / "multi" / "checkpoints" / "1").is_dir() and (tmp / "multi" / "checkpoints" / "2").is_dir()
 
 
@@ -256,6 +260,7 @@ def test_playbook_and_solution_buffer_identical_on_both_processes(runs):
   ref = json.loads((tmp / "ref_dump" / "process_0.json").read_text())
   assert a["context"] == ref["context"]  # and the same as one process running the whole mesh
   assert a["context"]["playbook"]["update_count"] == 2
+  assert a["context"]["solution_buffer"]["solutions"], "no successes: the buffer comparison would be empty"
 
 
 @pytest.mark.slow
@@ -276,7 +281,7 @@ def test_only_process_zero_writes_files_in_the_workdir(runs):
 def test_a_killed_process_takes_the_other_down(runs):
   survivor = runs["survivor"]
   assert survivor.popen.returncode != 0
-  assert runs["survivor_s"] < 120, runs["survivor_s"]  # heartbeat timeout 5 s, plus a loaded machine
+  assert runs["survivor_s"] < 150, runs["survivor_s"]  # heartbeat timeout 20 s, plus a loaded machine
   err = survivor.stderr()
   assert "another task died" in err or "heartbeat" in err.lower(), err[-3000:]
 

@@ -166,9 +166,9 @@ def _init_failure(kwargs: dict[str, object], wait: int, error: str) -> str:
     return (f"jax.distributed.initialize() did not complete within {wait} s{detail}; set JAX_COORDINATOR_ADDRESS, "
             "JAX_NUM_PROCESSES and JAX_PROCESS_ID explicitly")
   addr, num, pid = kwargs["coordinator_address"], kwargs["num_processes"], kwargs["process_id"]
-  who = ("the other processes did not all join" if pid == 0 else
-         "check that process 0 is running and listening at that address and port (no firewall in between)")
-  return (f"process {pid} of {num} could not join the run through the coordinator at {addr} within {wait} s ({who}); "
-          f"every process needs the same JAX_COORDINATOR_ADDRESS (process 0's host:port) and "
+  who = ("check that all other processes were started and can reach this host at that port" if pid == 0 else
+         "check that process 0 is running and that this host can reach it at that address and port")
+  return (f"process {pid} of {num} could not join the run through the coordinator at {addr} within {wait} s: "
+          f"{who}; every process needs the same JAX_COORDINATOR_ADDRESS (process 0's host:port) and "
           f"JAX_NUM_PROCESSES={num}, and its own JAX_PROCESS_ID in 0..{int(num) - 1}; "
           f"RESD_DIST_INIT_TIMEOUT_S sets the wait{detail}")

@@ -19,6 +19,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+def register_parity_task() -> None:
+  """tiny_parity: tiny_words graded by the parity of the reply's length, so that a random-weight model has
+  successes too and the solution buffer fills with sampled texts (which must agree across processes)."""
+  from resd_jax.tasks.base import Grade, register
+  from tiny_run import TinyWordsTask
+
+  @register("tiny_parity")
+  class TinyParityTask(TinyWordsTask):
+    name = "tiny_parity"
+
+    def grade(self, example, response_text, *, truncated=False):
+      base = super().grade(example, response_text, truncated=truncated)
+      ok = isinstance(response_text, str) and len(response_text) % 2 == 0
+      return Grade(float(ok), base.acc, "" if ok else "The reply has an odd number of characters.", base.info)
+
+
 WRITE_EVENTS = ("os.mkdir", "os.rename", "os.remove", "shutil.move", "shutil.rmtree", "os.rmdir")
 
 
@@ -60,6 +76,7 @@ def main(argv):
   from resd_jax.algorithms import resd
   from resd_jax.parallel import placement
   from tiny_run import tiny_config  # registers the tiny_words task
+  register_parity_task()
 
   index = jax.process_index()
   writes: list[str] = []
