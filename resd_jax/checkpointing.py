@@ -144,6 +144,9 @@ class Checkpointer:
     if jax.process_index() == 0:
       shutil.move(str(step_dir), str(target))
       log.warning("moved unreadable checkpoint step %d to %s", step, target)
+    if jax.process_count() > 1:  # the others list the steps only after process 0 has moved this one
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices(f"resd_checkpoint_set_aside_{step}")
     self._manager.reload()
 
   def best_step(self) -> int | None:

@@ -33,8 +33,10 @@ from resd_jax import metrics as mx
 from resd_jax.algorithms import runtime
 from resd_jax.context import ContextUpdater, GradedSample, Metrics, distillation_batch
 from resd_jax.distill import losses
+from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
 from resd_jax.sampling import SamplingParams, generate_rollouts
+from resd_jax.tasks.base import Grade
 from resd_jax.train import step as step_lib
 from resd_jax.train.optim import make_optimizer
 from resd_jax.train.state import init_train_state, split_model
@@ -86,7 +88,7 @@ def broadcast_json(obj: Any) -> Any:
   if jax.process_count() == 1:
     return obj
   from jax.experimental import multihost_utils
-  data = json.dumps(obj).encode() if jax.process_index() == 0 else b""
+  data = json.dumps(obj, default=_json_scalar).encode() if jax.process_index() == 0 else b""
   n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int64)))
   buf = np.zeros(n, np.uint8)
   if jax.process_index() == 0:
@@ -95,9 +97,24 @@ def broadcast_json(obj: Any) -> Any:
   return json.loads(buf.tobytes().decode())
 
 
+def _json_scalar(x: Any) -> Any:
+  if hasattr(x, "item"):  # numpy / JAX scalars
+    return x.item()
+  raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
+
+
+def sync_grades(grades: list[Grade]) -> list[Grade]:
+  """Multi-host: process 0's grades on every process. Grading may depend on wall time (sandboxed code under a
+  time limit), and every process must build the same context updates and batches from the same grades."""
+  if jax.process_count() == 1:
+    return grades
+  rows = broadcast_json([dataclasses.asdict(g) for g in grades])
+  return [Grade(**row) for row in rows]
+
+
 def _floats(metrics: dict[str, Any]) -> dict[str, tuple[float, float]]:
   """Device (sum, count) pairs -> host floats."""
-  host = jax.device_get(metrics)
+  host = placement.to_host(metrics)
   return {k: (float(v[0]), float(v[1])) for k, v in host.items()}
 
 
@@ -123,7 +140,8 @@ class Trainer:
     self.optimizer = make_optimizer(step_cfg.optim)
     make = step_lib.make_grpo_step if self.kind == "grpo" else step_lib.make_sd_step
     self.step_fn = make(self.graphdef, step_cfg, self.mesh, self.rules)
-    self.state = init_train_state(params, self.optimizer, step_cfg.teacher, int(cfg.seed))
+    # On the mesh before any restore: checkpoints are read onto these shardings (on every process).
+    self.state = self._place(init_train_state(params, self.optimizer, step_cfg.teacher, int(cfg.seed)))
     self.updater = ContextUpdater(self.context_config(), int(cfg.seed))
     self.cursor = Cursor()
     self.history: dict[str, dict[str, float]] = {}
@@ -177,7 +195,7 @@ class Trainer:
     return stack
 
   def _place(self, state):
-    return jax.device_put(state, step_lib.state_shardings(state, self.mesh, self.rules))
+    return placement.put_tree(state, step_lib.state_shardings(state, self.mesh, self.rules))
 
   def policy(self):
     from flax import nnx
@@ -264,9 +282,9 @@ class Trainer:
 
     t0 = time.perf_counter()
     exs = [ex for ex in examples for _ in range(self.per_prompt)]
+    grades = sync_grades([self.task.grade(ex, ro.text, truncated=ro.truncated) for ex, ro in zip(exs, rolls)])
     samples = []
-    for ex, ro in zip(exs, rolls):
-      grade = self.task.grade(ex, ro.text, truncated=ro.truncated)
+    for ex, ro, grade in zip(exs, rolls, grades):
       samples.append(GradedSample(ex, ro.text, list(ro.response_tokens), list(ro.logprobs), grade, ro.truncated))
       m.add("rollout/reward", grade.reward)
       m.add("rollout/acc", grade.acc)
@@ -343,6 +361,9 @@ class Trainer:
     t0 = time.perf_counter()
     res = evaluation.evaluate(self.task, self.data.test, generate_n, int(e.num_samples), ks=tuple(e.best_k),
                               bootstrap=bool(e.bootstrap), seed=int(cfg.seed), best_of=str(e.best_of))
+    if jax.process_count() > 1:  # grading may depend on wall time; the checkpoint policy reads these
+      metrics, info_sums = broadcast_json([dict(res.metrics), dict(res.info_sums)])
+      res = dataclasses.replace(res, metrics=metrics, info_sums={k: tuple(v) for k, v in info_sums.items()})
     self.history[str(step)] = dict(res.metrics)
     out: dict[str, Any] = {f"val/{k}": v for k, v in res.metrics.items()}
     out.update({f"val/grade/{k}": v for k, v in res.info_sums.items()})
@@ -399,10 +420,11 @@ class Trainer:
         val = None
         if outer_done and every_outer and (cur.step // K) % every_outer == 0:
           val = self.validate()
-        if self.ckpt.should_save(cur.step) or flag.requested:
+        stop = placement.any_process(flag.requested)  # multi-host: a signal to one process stops all together
+        if self.ckpt.should_save(cur.step) or stop:
           self.save(val)
           saved_step = cur.step
-        if flag.requested:
+        if stop:
           status = "preempted"
           break
       progress.close()

@@ -13,6 +13,7 @@ from flax import nnx
 
 from resd_jax.models import tokenizer as tk
 from resd_jax.parallel import mesh as mesh_lib
+from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
 from resd_jax.tasks import base as task_base
 from resd_jax.tasks.base import Example
@@ -58,7 +59,7 @@ def load_model(cfg: Any, mesh: Any, tokenizer: Any) -> nnx.Module:
   model_cfg = ModelConfig.preset(str(m.preset), vocab_size=len(tokenizer), **_numerics(cfg))
   model = Transformer(model_cfg, rngs=nnx.Rngs(int(cfg.seed)))
   graphdef, state = nnx.split(model)
-  state = jax.device_put(state, shd.state_shardings(state, mesh))
+  state = placement.put_tree(state, shd.state_shardings(state, mesh))  # the same seeded values on every process
   return nnx.merge(graphdef, state)
 
 

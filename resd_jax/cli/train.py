@@ -6,7 +6,8 @@
       --config.data.train_path=... --config.data.test_path=... --workdir=runs/finer
 
 Re-running the same command resumes from the newest readable checkpoint in --workdir. Multi-host: run the same
-command on every host (docs/multihost.md). Library INFO logging is off; `--verbosity=0` (INFO) or `1` (DEBUG)
+command on every host with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set; process 0 writes
+files and its context state is broadcast to the others (docs/multihost.md). Library INFO logging is off; `--verbosity=0` (INFO) or `1` (DEBUG)
 brings it back.
 """
 from __future__ import annotations
@@ -37,8 +38,11 @@ def main(argv):
   cfg.workdir = workdir
   import jax
   from resd_jax import config_schema
-  from resd_jax.parallel.mesh import maybe_initialize_distributed
-  maybe_initialize_distributed()
+  from resd_jax.parallel.mesh import DistributedInitError, maybe_initialize_distributed
+  try:
+    maybe_initialize_distributed()  # multi-host: see docs/multihost.md
+  except DistributedInitError as e:
+    common.fail(f"error: {e}")
   try:
     config_schema.validate(cfg, jax.device_count())
   except config_schema.ConfigError as e:

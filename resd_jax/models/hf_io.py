@@ -19,6 +19,7 @@ from flax import nnx
 
 from resd_jax.models.config import ModelConfig
 from resd_jax.models.transformer import Transformer
+from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
 
 
@@ -199,7 +200,8 @@ def _fill(cfg: ModelConfig, reader: Any, layer_keys: dict, top_keys: dict, mesh:
         raise WeightsError(f"{reader.where(template)}: missing key {template} but config has tie_word_embeddings=false")
       arr = _read_checked(reader, template, kind, shape).astype(pd)
     sharding = flat_shardings.get(path)
-    values[path] = jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
+    # Multi-host: every process reads the file and fills the shards it holds.
+    values[path] = placement.put(arr, sharding) if sharding is not None else jnp.asarray(arr)
     del arr
   for path, var in nnx.to_flat_state(state):
     var.set_value(values.pop(path)) if hasattr(var, "set_value") else setattr(var, "value", values.pop(path))
@@ -291,7 +293,7 @@ def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
     layer_keys.update(moe.HF_LAYER_KEYS)
   out: dict[str, np.ndarray] = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    arr = np.asarray(jax.device_get(var[...]))
+    arr = placement.to_host(var[...])
     name = path[-1]
     if path[0] == "layers":
       template, kind = layer_keys[name]

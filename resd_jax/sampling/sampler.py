@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from resd_jax.models.kv_cache import CACHE_AXES, KVCache
+from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
 from resd_jax.sampling.draw import draw, kcap_for
 from resd_jax.sampling.params import SamplingParams
@@ -150,7 +151,7 @@ def empty_cache(cfg: Any, batch: int, max_len: int, mesh: Any = None) -> KVCache
   cache = KVCache.init(cfg, batch, max_len)
   if mesh is None:
     return cache
-  put = lambda x, axes: jax.device_put(x, jax.sharding.NamedSharding(mesh, shd.spec_for(x.shape, axes, mesh)))
+  put = lambda x, axes: placement.put(x, jax.sharding.NamedSharding(mesh, shd.spec_for(x.shape, axes, mesh)))
   return KVCache(k=put(cache.k, CACHE_AXES), v=put(cache.v, CACHE_AXES), mask=put(cache.mask, ("batch", None)),
                  index=put(cache.index, ()), lengths=put(cache.lengths, ("batch",)))
 decode_fn = jax.jit(_decode, static_argnums=(0,), static_argnames=("k_cap",), donate_argnums=(2,))
@@ -184,7 +185,7 @@ def _put(x: np.ndarray, mesh: Any) -> jax.Array:
   if mesh is None or getattr(mesh, "empty", False):
     return jnp.asarray(x)
   spec = shd.spec_for(x.shape, ("batch",) + (None,) * (x.ndim - 1), mesh)
-  return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+  return placement.put(x, jax.sharding.NamedSharding(mesh, spec))
 
 
 def _knobs(params: SamplingParams, vocab: int) -> Knobs:
@@ -247,12 +248,12 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParam
   knobs = _knobs(params, cfg.vocab_size)
   k_cap = kcap_for(params.top_k, cfg.vocab_size)
   if mesh is not None:
-    row_keys = jax.device_put(row_keys, jax.sharding.NamedSharding(mesh, shd.spec_for((b,), ("batch",), mesh)))
+    row_keys = placement.put(row_keys, jax.sharding.NamedSharding(mesh, shd.spec_for((b,), ("batch",), mesh)))
   cache = empty_cache(cfg, b, p_len + new_len, mesh)
   st = prefill_fn(graphdef, state, cache, _put(toks, mesh), _put(mask, mesh), _put(live, mesh), row_keys, knobs,
                   k_cap=k_cap)
   st = decode_fn(graphdef, state, st, knobs, k_cap=k_cap)
-  out_t, out_lp, out_slp, out_len = jax.device_get((st.tokens, st.logprobs, st.sampling_logprobs, st.lengths))
+  out_t, out_lp, out_slp, out_len = placement.to_host((st.tokens, st.logprobs, st.sampling_logprobs, st.lengths))
   stops = set(params.stop_token_ids)
   res = Completions([], [], [], [], [])
   for i in range(n):

@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resd_jax.distill import losses, teacher as teacher_lib
+from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
 from resd_jax.rl import grpo
 from resd_jax.train.batch import GRPOBatch
@@ -281,8 +282,8 @@ class JittedStep:
     """Put state and batch on the mesh with the step's shardings (identity without a mesh)."""
     if self.mesh is None:
       return state, batch
-    return (jax.device_put(state, state_shardings(state, self.mesh, self.rules)),
-            jax.device_put(batch, batch_shardings(batch, self.mesh, self.rules)))
+    return (placement.put_tree(state, state_shardings(state, self.mesh, self.rules)),
+            placement.put_tree(batch, batch_shardings(batch, self.mesh, self.rules)))
 
   def lower(self, state: Any, batch: Any):
     """Lower for abstract (ShapeDtypeStruct) or concrete inputs, e.g. to read memory_analysis()."""
@@ -303,6 +304,8 @@ class JittedStep:
     return stack
 
   def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+    if self.mesh is not None and placement.is_multiprocess():  # host batches -> global arrays (jit does it on one)
+      batch = placement.put_tree(batch, batch_shardings(batch, self.mesh, self.rules))
     with self._context():
       return self._jit_for(state, batch)(state, batch)
 
