@@ -36,11 +36,16 @@ def flat(tree):
 
 
 @functools.lru_cache(maxsize=None)
-def run(kind="ema", mesh_shape=None, steps=2, preset="tiny"):
-  graphdef, params = lora_parts(preset)
-  cfg = step_cfg(kind)
+def sd_step(kind, mesh_shape, preset):
   mesh = None if mesh_shape is None else make_mesh(data=mesh_shape[0], fsdp=mesh_shape[1])
-  step = S.make_sd_step(graphdef, cfg, mesh)
+  return S.make_sd_step(lora_parts(preset)[0], step_cfg(kind), mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def run(kind="ema", mesh_shape=None, steps=2, preset="tiny"):
+  _, params = lora_parts(preset)
+  cfg = step_cfg(kind)
+  step = sd_step(kind, mesh_shape, preset)
   state = st.init_train_state(jax.tree.map(jnp.copy, params), make_optimizer(cfg.optim), cfg.teacher)
   state, batch = step.place(state, make_batch())
   for _ in range(steps):
@@ -48,7 +53,7 @@ def run(kind="ema", mesh_shape=None, steps=2, preset="tiny"):
   return state, jax.tree.map(float, m)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("tiny_moe", marks=pytest.mark.slow)])
 def test_only_adapters_move_and_hold_optimizer_state(preset):
   _, params0 = lora_parts(preset)
   state, m = run("ema", preset=preset)
@@ -83,7 +88,7 @@ def test_gradient_is_taken_for_adapters_only():
 
 def test_frozen_teacher_is_the_base_model_without_a_second_copy():
   graphdef, params = lora_parts()
-  state, _ = run("frozen")
+  state, _ = run("frozen", steps=1)
   # The kept teacher is the initial adapters only (B = 0 there) ...
   assert set(flat(state.teacher)) == {k for k in flat(params) if "_lora_" in k}
   (weights, coef), = teacher_parts(state.teacher, state.params, TeacherConfig("frozen"))
@@ -102,11 +107,11 @@ def test_frozen_teacher_is_the_base_model_without_a_second_copy():
 def test_ema_and_trust_region_act_on_adapters():
   _, params0 = lora_parts()
   init = flat(lora.split(params0)[0])
-  state1, _ = run("ema", steps=1)
+  state1, _ = run("ema", steps=1)   # same compiled step as the two-step run
   a1, t1 = flat(lora.split(state1.params)[0]), flat(state1.teacher)
   for k in init:
     np.testing.assert_allclose(t1[k], 0.9 * init[k] + 0.1 * a1[k], rtol=1e-6, atol=1e-9)
-  state, _ = run("trust_region", steps=1)
+  state, _ = run("frozen", steps=1)   # trust_region keeps the same initial copy (init_teacher); one compile less
   parts = teacher_parts(state.teacher, state.params, TeacherConfig("trust_region", 0.1))
   assert [c for _, c in parts] == [pytest.approx(0.9), pytest.approx(0.1)]
   kept, current = flat(parts[0][0]), flat(parts[1][0])
@@ -115,6 +120,7 @@ def test_ema_and_trust_region_act_on_adapters():
     assert np.array_equal(kept[k], init[k] if k in init else v)   # initial adapters over the same base
 
 
+@pytest.mark.slow
 def test_sharded_lora_step_equals_single_device():
   ref, ref_m = run("ema")
   got, m = run("ema", (2, 4))
