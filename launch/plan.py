@@ -6,10 +6,13 @@
       --fit=T4=16,A100=40,v5e-1=16,H100=80
 
 With --lora_rank the model trains LoRA adapters on a frozen base (optimizer and teacher hold adapters only).
-With --fit=NAME=GB,... the largest equal prompt and response length (teacher prompt = prompt) whose total fits
-90% of each accelerator's memory is found: memory(length) is compiled at two lengths, the fit of the line
-through them proposes a length per accelerator, and compiles step it down (or up) by --fit_step tokens until
-it is the largest multiple of --fit_step that fits. Use --devices=1 for a single accelerator.
+With --fit=NAME=GB,... the largest equal prompt and response length n (teacher prompt = prompt) whose total
+fits 90% of each accelerator's memory is estimated: the step is compiled at the two lengths of --fit_points
+(both long enough that attention runs its scanned blocks, where memory grows linearly with n), and the line
+through them gives the largest multiple of --fit_step under the limit. --fit_check then compiles that length
+to confirm it (stepping down while it does not fit, and up while the next one fits): exact, but a compile
+per accelerator. Use --devices=1 for one
+accelerator (attention is then `blocked`: the CPU kernel does not stand for an accelerator's).
 
 Nothing is allocated: the model, optimizer and batch are ShapeDtypeStructs, the step is compiled for
 `--devices` simulated CPU devices, and `compiled.memory_analysis()` gives the per-device temporary memory.
@@ -55,6 +58,8 @@ def _parse() -> argparse.Namespace:
   ap.add_argument("--base_dtype", default="", help="LoRA: dtype of the frozen base ('' = --param_dtype)")
   ap.add_argument("--fit", default="", help="NAME=GB,...: largest prompt = response length fitting 90%% of each")
   ap.add_argument("--fit_step", type=int, default=512, help="--fit: lengths are multiples of this")
+  ap.add_argument("--fit_points", default="4096,8192", help="--fit: the two lengths n the line goes through")
+  ap.add_argument("--fit_check", action="store_true", help="--fit: confirm each estimate by compiling it")
   return ap.parse_args()
 
 
@@ -202,22 +207,25 @@ def _fit(args, measure, sizes, rows, step_cfg, p_gb, o_gb, t_gb) -> None:
 
   print(f"mesh {sizes}; batch {rows} row(s); teacher={step_cfg.teacher.kind}; fixed per device: params "
         f"{p_gb:.2f} GB, optimizer {o_gb:.2f} GB, teacher {t_gb:.2f} GB")
-  lo, hi = 2 * step_len, 8 * step_len
+  lo, hi = (int(x) for x in args.fit_points.split(","))
   slope = (total(hi) - total(lo)) / (hi - lo)
   results = []
   for name, gb in caps:
     usable = 0.9 * gb
-    if total(step_len) > usable:
-      results.append((name, gb, 0, total(step_len)))
+    if total(lo) + slope * (step_len - lo) > usable:
+      results.append((name, gb, 0, total(lo) + slope * (step_len - lo)))
       continue
     guess = max(step_len, int((usable - total(lo)) / max(slope, 1e-12) + lo) // step_len * step_len)
     n = guess
-    while n > step_len and total(n) > usable:
-      n -= step_len
-    while total(n + step_len) <= usable:
-      n += step_len
-    results.append((name, gb, n, total(n)))
-  print("largest prompt + response (teacher prompt = prompt) that fits 90% of the memory:")
+    if args.fit_check:
+      while n > step_len and total(n) > usable:
+        n -= step_len
+      while total(n + step_len) <= usable:
+        n += step_len
+    results.append((name, gb, n, total(n) if n in cache else total(lo) + slope * (n - lo)))
+  how = "confirmed by compiling it" if args.fit_check else "estimated from the line"
+  print(f"line: {total(lo):.2f} GB at n={lo}, + {slope * 1024:.3f} GB per 1024 tokens of n; largest prompt + "
+        f"response (teacher prompt = prompt) that fits 90% of the memory ({how}):")
   for name, gb, n, t in results:
     print(f"  {name:10s} {gb:5.0f} GB: " + (f"{n} + {n} tokens ({t:.2f} GB)" if n else
                                                f"does not fit even {step_len} + {step_len} ({t:.2f} GB)"))

@@ -79,6 +79,23 @@ def test_adapted_forward_and_merge_equal_explicit_weights(preset):
   np.testing.assert_allclose(merged, got, atol=1e-5, rtol=0)
 
 
+def test_cached_decoding_uses_the_adapters_unmerged():
+  """The sampler's path (prefill + one token at a time through the KV cache) on the adapted model gives the
+  merged model's full-forward logits: generation needs no merge."""
+  from resd_jax.models import KVCache
+  adapted = with_random_b(lora.attach(Transformer(ModelConfig.preset("tiny"), rngs=nnx.Rngs(0)), LCFG, seed=5))
+  toks = tokens(t=10, seed=4)
+  full = np.asarray(logits(lora.merged_model(adapted), toks))
+  step = nnx.jit(lambda m, t, c: m(t, None, jnp.ones(t.shape, bool), c))
+  cache = KVCache.init(adapted.config, batch=2, max_len=12)
+  h, cache = step(adapted, toks[:, :6], cache)
+  got = [np.asarray(adapted.logits(h))]
+  for t in range(6, 10):
+    h, cache = step(adapted, toks[:, t:t + 1], cache)
+    got.append(np.asarray(adapted.logits(h)))
+  np.testing.assert_allclose(np.concatenate(got, axis=1), full, atol=1e-5, rtol=0)
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="targets"):
     lora.LoRAConfig(targets=("q", "qq"))
