@@ -11,8 +11,10 @@ fits 90% of each accelerator's memory is estimated: the step is compiled at the 
 (both long enough that attention runs its scanned blocks, where memory grows linearly with n), and the line
 through them gives the largest multiple of --fit_step under the limit. --fit_check then compiles that length
 to confirm it (stepping down while it does not fit, and up while the next one fits): exact, but a compile
-per accelerator. Use --devices=1 for one
-accelerator (attention is then `blocked`: the CPU kernel does not stand for an accelerator's).
+per accelerator. Use --devices=1 for one accelerator (attention is then `blocked`: the CPU kernel does not
+stand for an accelerator's). XLA:CPU has no bf16 matmul: with a bf16 base it converts whole stacked weights
+to float32 (seen in the compiled HLO), which an accelerator with bf16 matmuls need not do, so these figures
+are pessimistic there (by up to about 4 bytes per base parameter).
 
 Nothing is allocated: the model, optimizer and batch are ShapeDtypeStructs, the step is compiled for
 `--devices` simulated CPU devices, and `compiled.memory_analysis()` gives the per-device temporary memory.
