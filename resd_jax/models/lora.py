@@ -79,7 +79,7 @@ class LoRAConfig:
 
 # ------------------------------------------------------------------------------------------------ layouts
 def _letters(eq: str) -> tuple[str, str, str, str, str]:
-  """(x, w, out, input letters of w, batch letters of w) of a projection equation."""
+  """(x, w, out, contracted letters of w (in x, not in out), batch letters of w (in x and out)) of an einsum."""
   ins, out = eq.split("->")
   x, w = ins.split(",")
   return x, w, out, "".join(c for c in w if c in x and c not in out), "".join(c for c in w if c in x and c in out)
@@ -96,7 +96,7 @@ def equations(name: str) -> tuple[str, str, str]:
 
 def shapes(name: str, w_shape: tuple[int, ...], w_axes: tuple, rank: int) -> tuple[tuple, tuple, tuple, tuple]:
   """(A shape, A axes, B shape, B axes) for a stacked weight of shape [L, *W] with logical axes w_axes."""
-  _, w, _, _, batch = _letters(EQS[name])
+  w = _letters(EQS[name])[1]
   a_eq, b_eq, _ = equations(name)
   dims = dict(zip(w, w_shape[1:]))
   axes = dict(zip(w, w_axes[1:]))
