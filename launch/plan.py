@@ -182,7 +182,9 @@ def main() -> None:
         f"outputs {mem.output_size_in_bytes / _GB:.2f} GB, aliased {mem.alias_size_in_bytes / _GB:.2f} GB, "
         f"temporaries {act_gb:.2f} GB per device")
   print("per-device memory (GB):")
-  for name, gb in ((f"params ({args.param_dtype})", p_gb), ("optimizer (AdamW m, v)", o_gb), ("teacher", t_gb),
+  params_label = f"params (base {lcfg.base_dtype or args.param_dtype}, adapters {args.param_dtype})" if lcfg \
+      else f"params ({args.param_dtype})"
+  for name, gb in ((params_label, p_gb), ("optimizer (AdamW m, v)", o_gb), ("teacher", t_gb),
                    ("activations (XLA temporaries)", act_gb), ("batch", batch_gb), ("total", total)):
     print(f"  {name:32s} {gb:8.2f}")
   for device, cap in (("H200 141 GB", 141), ("TPU v5p 95 GB", 95)):
