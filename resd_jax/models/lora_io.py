@@ -1,7 +1,7 @@
 """LoRA weights in and out: merged Hugging Face safetensors, and the adapters alone in PEFT's layout.
 
 - `save_merged`: W + scale * A @ B per adapted weight, written by `hf_io.save_hf` (transformers / vLLM load it
-  like any exported model).
+  like any exported model); `hf_io.save_hf` of a model with adapters does the same.
 - `save_peft`: `adapter_config.json` + `adapter_model.safetensors` that `peft.PeftModel.from_pretrained` loads
   onto the base model. Keys are the base weight's HF key with `.weight` -> `.lora_A.weight` / `.lora_B.weight`
   under `base_model.model.`; lora_A is [r, in], lora_B [out, r] (torch Linear layout), PEFT's scale is

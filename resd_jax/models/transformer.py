@@ -21,8 +21,8 @@ from flax import nnx
 
 from resd_jax.kernels import cpu_attention
 from resd_jax.kernels.build import on_one_cpu
-from resd_jax.models.config import ModelConfig
 from resd_jax.models import lora
+from resd_jax.models.config import ModelConfig
 from resd_jax.models.kv_cache import KVCache
 from resd_jax.models.matmul import batched_matmul_einsum, mixed_einsum
 from resd_jax.parallel import sharding as shd

@@ -12,6 +12,7 @@ from resd_jax.distill.losses import DistillConfig
 from resd_jax.distill.teacher import TeacherConfig, teacher_parts
 from resd_jax.models import ModelConfig, Transformer, lora
 from resd_jax.parallel import make_mesh
+from resd_jax.rl.grpo import GRPOConfig
 from resd_jax.train import state as st
 from resd_jax.train import step as S
 from resd_jax.train.optim import OptimConfig, make_optimizer
@@ -136,3 +137,20 @@ def test_bf16_base_keeps_float32_adapters():
   cast = lora.cast_base(params, "bfloat16")
   for k, v in flat(cast).items():
     assert v.dtype == (np.float32 if "_lora_" in k else jnp.bfloat16), k
+
+
+def test_grpo_step_trains_adapters_only():
+  graphdef, params = lora_parts()
+  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-3),
+                     teacher=TeacherConfig("current"))
+  sd = make_batch()
+  rng = np.random.default_rng(2)
+  batch = S.GRPOBatch(sd.student_tokens, sd.student_mask, sd.response_tokens, sd.response_mask,
+                      sd.rollout_logprobs, rng.normal(0, 1, sd.student_tokens.shape[0]).astype(np.float32),
+                      np.ones(sd.student_tokens.shape[0], np.float32))
+  state = st.init_train_state(jax.tree.map(jnp.copy, params), make_optimizer(cfg.optim), cfg.teacher)
+  state, m = S.make_grpo_step(graphdef, cfg)(state, batch)
+  before, after = flat(params), flat(state.params)
+  assert m["skipped"][0] == 0.0
+  assert all(np.array_equal(before[k], after[k]) for k in before if "_lora_" not in k)
+  assert any(np.abs(after[k]).max() > 0 for k in after if k.endswith("_lora_b"))
