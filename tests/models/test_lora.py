@@ -153,10 +153,15 @@ def _torch(model):
   return np.where(mask[..., None], out, 0.0)
 
 
-def test_merged_export_loads_in_transformers(hf_setup):
+def test_merged_export_loads_in_transformers(hf_setup, tmp_path):
+  from safetensors.numpy import load_file
   root, adapted = hf_setup
   hf = transformers.AutoModelForCausalLM.from_pretrained(root / "merged", torch_dtype=torch.float32).eval()
   np.testing.assert_allclose(_torch(hf), _ours(adapted), atol=1e-4, rtol=0)
+  # hf_io.save_hf of the adapted model writes the same merged tensors.
+  hf_io.save_hf(adapted, tmp_path / "direct")
+  a, b = load_file(root / "merged" / "model.safetensors"), load_file(tmp_path / "direct" / "model.safetensors")
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_peft_adapter_loads_onto_the_hf_base(hf_setup):
