@@ -33,9 +33,10 @@ setup(
     entry_points={"console_scripts": ["resd-train=resd_jax.cli.train:run"]},
     extras_require={
         # torch + accelerate: transformers reference models (accelerate is needed to read GGUF);
-        # pymunk: scene-generator tests; matplotlib/nb*: analysis and notebook tests.
+        # pymunk: scene-generator tests; matplotlib/nb*: analysis and notebook tests;
+        # peft: the exported LoRA adapter is checked by loading it with PEFT onto the transformers base model.
         "test": ["pytest>=8", "torch==2.13.0", "accelerate>=1.0", "pymunk>=7.0", "matplotlib>=3.8",
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "peft>=0.21"],
         # Scene generation for BouncingSim needs a physics engine; graders do not.
         "physics": ["pymunk>=7.0"],
         "alfworld": ["alfworld==0.4.2", "textworld==1.7.0"],

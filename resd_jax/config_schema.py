@@ -172,6 +172,7 @@ class RunParts:
   teacher_context: Any  # context.TeacherContextConfig
   batch_shape: Any   # context.BatchShape
   mesh_sizes: dict[str, int]
+  lora: Any = None   # models.lora.LoRAConfig
 
 
 def build_parts(cfg: Any, n_devices: int) -> RunParts:
@@ -222,7 +223,23 @@ def build_parts(cfg: Any, n_devices: int) -> RunParts:
   shape = BatchShape(batch_size=rows_per_step(cfg), max_prompt_len=int(r.max_prompt_len),
                      max_teacher_prompt_len=teacher_len, max_response_len=int(r.max_response_len))
   return RunParts(step=step, context=context, teacher_context=teacher_context, batch_shape=shape,
-                  mesh_sizes=_mesh_sizes(cfg, n_devices))
+                  mesh_sizes=_mesh_sizes(cfg, n_devices), lora=lora_config(cfg))
+
+
+def lora_config(cfg: Any) -> Any:
+  """models.lora.LoRAConfig of `cfg.lora` (a PEFT adapter_path must be a directory with adapter_config.json)."""
+  from resd_jax.models.lora import LoRAConfig
+  c = cfg.lora
+  path = str(c.adapter_path)
+  if c.enabled and path and not (pathlib.Path(path).expanduser() / "adapter_config.json").is_file():
+    raise ConfigError(f"lora.adapter_path={path!r} is not a PEFT adapter directory (no adapter_config.json); fix "
+                      "--config.lora.adapter_path or leave it empty for fresh adapters")
+  try:
+    return LoRAConfig(enabled=bool(c.enabled), rank=int(c.rank), alpha=float(c.alpha),
+                      targets=tuple(str(t) for t in c.targets), dropout=float(c.dropout),
+                      base_dtype=str(c.base_dtype), adapter_path=path)
+  except ValueError as e:
+    raise ConfigError(f"config lora: {e}; fix --config.lora.*") from None
 
 
 def check_values(cfg: Any) -> None:

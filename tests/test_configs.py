@@ -120,6 +120,22 @@ def test_typed_config_errors_are_one_line():
   _one_line_error(c, "algorithm='ppo'")
 
 
+def test_lora_config_errors_are_one_line(tmp_path):
+  c = load("manufactoria", "tiny")
+  c.lora.enabled, c.lora.targets = True, ("q", "gate_proj")
+  _one_line_error(c, r"config lora: LoRAConfig: targets=.*--config.lora")
+  c = load("manufactoria", "tiny")
+  c.lora.enabled, c.lora.dropout = True, 0.05
+  _one_line_error(c, "only 0.0 is implemented")
+  c = load("manufactoria", "tiny")
+  c.lora.enabled, c.lora.adapter_path = True, str(tmp_path)
+  _one_line_error(c, "is not a PEFT adapter directory")
+  c = load("manufactoria", "tiny")
+  c.lora.enabled, c.lora.rank = True, 8
+  from resd_jax.config_schema import validate
+  assert validate(c, 8).lora.rank == 8
+
+
 def _launch(*args):
   import subprocess
   import sys

@@ -74,9 +74,10 @@ def test_qwen3_colab_smoke_test_on_cpu(tmp_path):
   """The Colab notebook with SMOKE_TEST: tiny random model + embedded tokenizer, no download, 2 steps."""
   nb = execute("qwen3_colab.ipynb", f"MODEL_ID = 'Qwen/Qwen3-0.6B'\nSMOKE_TEST = True\nWORKDIR = {str(tmp_path / 'run')!r}\n"
                "MAX_STEPS = 1\nBATCH_PROMPTS = 8\nMAX_PROMPT_TOKENS = 1024\nMAX_RESPONSE_TOKENS = 16\n"
-               "ENABLE_THINKING = False\nREPO_DIR = 'resd-jax'\nREPO_URL = ''")
+               "ENABLE_THINKING = False\nLORA = True\nLORA_RANK = 4\nREPO_DIR = 'resd-jax'\nREPO_URL = ''")
   text = stream_text(nb)
   assert "max_steps at step 1" in text, text[-3000:]
+  assert "LoRA: on, rank 4" in text and (tmp_path / "run" / "peft_adapter" / "adapter_config.json").is_file()
   assert len(outputs(nb, "image/png")) == 4
   assert any("<span" in o["data"]["text/html"] for o in outputs(nb, "text/html"))  # the KL strip
   assert (tmp_path / "run" / "metrics.jsonl").is_file()

@@ -45,7 +45,34 @@ def load_tokenizer(cfg: Any) -> Any:
 
 
 def load_model(cfg: Any, mesh: Any, tokenizer: Any) -> nnx.Module:
-  """The policy model on `mesh`. Presets get random weights (seeded) sized to the tokenizer's vocabulary."""
+  """The policy model on `mesh`, with LoRA adapters when `cfg.lora.enabled` (see `with_lora`)."""
+  return with_lora(cfg, _load_base(cfg, mesh, tokenizer), mesh)
+
+
+def with_lora(cfg: Any, model: nnx.Module, mesh: Any) -> nnx.Module:
+  """The model with fresh LoRA adapters (seeded by cfg.seed) or those of cfg.lora.adapter_path, its frozen base
+  cast to cfg.lora.base_dtype, on `mesh`; the model itself when LoRA is off."""
+  from resd_jax.config_schema import lora_config
+  from resd_jax.models import lora, lora_io
+  lcfg = lora_config(cfg)
+  if not lcfg.enabled:
+    return model
+  if lcfg.adapter_path:
+    want = lora_io.read_peft_config(lcfg.adapter_path)
+    if (want.rank, want.alpha, want.targets) != (lcfg.rank, lcfg.alpha, tuple(sorted(lcfg.targets))):
+      raise ValueError(f"lora.adapter_path={lcfg.adapter_path}: adapter rank {want.rank}, alpha {want.alpha}, "
+                       f"targets {list(want.targets)} differ from --config.lora.* (rank {lcfg.rank}, alpha "
+                       f"{lcfg.alpha}, targets {list(lcfg.targets)}); set those to the adapter's")
+    model = lora_io.load_peft(model, lcfg.adapter_path)
+  else:
+    model = lora.attach(model, lcfg, seed=int(cfg.seed))
+  graphdef, state = nnx.split(model)
+  state = lora.cast_base(state, lcfg.base_dtype)
+  return nnx.merge(graphdef, jax.device_put(state, shd.state_shardings(state, mesh)))
+
+
+def _load_base(cfg: Any, mesh: Any, tokenizer: Any) -> nnx.Module:
+  """The model without adapters. Presets get random weights (seeded) sized to the tokenizer's vocabulary."""
   from resd_jax.models import hf_io
   m = cfg.model
   if m.source == "embedded":

@@ -230,6 +230,9 @@ def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, tempera
   raw_outputs: list[tuple[str, str]] = []
   result = updater.update([sample], _recording(trainer.generate_text_fn(step), raw_outputs), step)
   teacher_params = getattr(trainer.state, "teacher", None)
+  if teacher_params is not None:  # a LoRA run keeps the teacher's adapters only: put them on the shared base
+    from resd_jax.models import lora  # noqa: PLC0415
+    teacher_params = lora.with_trainable(trainer.state.params, teacher_params)
   teacher = nnx.merge(trainer.graphdef, teacher_params) if teacher_params is not None else None
   with trainer_mesh(trainer):
     tokens, kl, context = sample_kl(trainer.policy(), trainer.tokenizer, sample, result.reflections[0],

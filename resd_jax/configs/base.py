@@ -171,6 +171,18 @@ def get_base() -> ml_collections.ConfigDict:
   c.metrics.wandb_project = ""
   c.metrics.progress = True      # tqdm bars (quiet anyway when stderr is not a terminal)
   c.metrics.console = True       # one line per step and per validation on stdout (process 0)
+
+  # LoRA (resd_jax/models/lora.py, docs/lora.md): train low-rank adapters on a frozen base. The teacher then
+  # needs no second copy of the base: frozen = the base with the initial adapters (B = 0: the base model),
+  # ema / trust_region keep copies of the adapters only. The paper fine-tunes all weights; this is our option.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.enabled = False
+  c.lora.rank = 16
+  c.lora.alpha = 32.0            # the update is (alpha / rank) * A @ B, as PEFT's
+  c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")  # MoE: gate/up/down adapt every expert
+  c.lora.dropout = 0.0           # only 0.0 is implemented
+  c.lora.base_dtype = ""         # "" = model.param_dtype; "bfloat16" holds the frozen base in half the memory
+  c.lora.adapter_path = ""       # a PEFT adapter directory to continue from (adapter_config.json + safetensors)
   return c
 
 

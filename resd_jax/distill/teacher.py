@@ -6,6 +6,11 @@
 - ``trust_region``: teacher logits = (1 - r) logits(initial weights) + r logits(current weights), i.e. two
   teacher forwards on the teacher context; a copy of the initial weights is kept.
 
+With LoRA adapters (models/lora.py) the kept weights are the adapter leaves only, and a part's weights are
+the student's frozen base with those adapters: ``frozen`` is the base with its initial adapters (a fresh
+adapter has B = 0, so that is the base model itself), ``ema`` averages the adapters, ``trust_region`` keeps the
+initial ones; no second copy of the base weights is held.
+
 The step sees a teacher as a list of (weights, logit coefficient) pairs from ``teacher_parts``; the teacher
 logits are the coefficient-weighted sum of the logits of each part.
 """
@@ -16,6 +21,8 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+
+from resd_jax.models import lora
 
 KINDS = ("frozen", "ema", "current", "trust_region")
 
@@ -39,14 +46,15 @@ class TeacherConfig:
 
 
 def init_teacher(params: Any, cfg: TeacherConfig) -> Optional[Any]:
-  """The teacher weights to keep in the train state (a copy of params), or None for ``current``."""
+  """The teacher weights to keep in the train state (a copy of params, the trainable part of the model's
+  weights: the adapters of a LoRA model), or None for ``current``."""
   if not cfg.keeps_copy:
     return None
   return jax.tree.map(jnp.copy, params)
 
 
 def update_teacher(teacher: Optional[Any], params: Any, cfg: TeacherConfig) -> Optional[Any]:
-  """Teacher weights after one finite optimizer step (only ``ema`` changes them)."""
+  """Teacher weights after one finite optimizer step (only ``ema`` changes them); params: the trainable part."""
   if cfg.kind != "ema":
     return teacher
   r = cfg.rate
@@ -60,7 +68,7 @@ def teacher_parts(teacher: Optional[Any], params: Any, cfg: TeacherConfig) -> li
     return [(current, 1.0)]
   if teacher is None:
     raise ValueError(f"teacher kind {cfg.kind!r} needs teacher weights in the train state")
-  kept = jax.lax.stop_gradient(teacher)
+  kept = jax.lax.stop_gradient(lora.with_trainable(params, teacher))   # a LoRA model: base + kept adapters
   if cfg.kind == "trust_region":
     return [(kept, 1.0 - cfg.rate), (current, cfg.rate)]
   return [(kept, 1.0)]

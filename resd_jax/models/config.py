@@ -77,6 +77,10 @@ class ModelConfig:
   attn_head_loop: str = "auto"
   remat: str = "none"             # per-layer rematerialisation: none | full | dots
   scan_layers: bool = True        # layers under jax.lax.scan; False = a Python loop (compile time ~ depth)
+  # LoRA adapters (models/lora.py): rank 0 = none; targets among q, k, v, o, gate, up, down (MoE: the experts').
+  lora_rank: int = 0
+  lora_alpha: float = 32.0
+  lora_targets: tuple[str, ...] = ()
 
   def __post_init__(self):
     def need(cond, msg):
@@ -97,6 +101,11 @@ class ModelConfig:
     optional = backends.get("attention", self.attn_impl)
     error = optional.config_error(self) if optional is not None else None
     need(error is None, error)
+    if self.lora_rank:
+      from resd_jax.models.lora import TARGETS  # noqa: PLC0415
+      need(self.lora_rank > 0 and self.lora_alpha > 0, "lora_rank and lora_alpha must be > 0")
+      need(self.lora_targets and set(self.lora_targets) <= set(TARGETS),
+           f"lora_targets={self.lora_targets!r}; give a non-empty subset of {TARGETS}")
     if self.rope_scaling is not None:
       keys = dict(self.rope_scaling)
       want = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
@@ -116,6 +125,11 @@ class ModelConfig:
   def num_groups(self) -> int:
     """Query heads per KV head (GQA)."""
     return self.num_heads // self.num_kv_heads
+
+  @property
+  def lora_scale(self) -> float:
+    """The LoRA update's factor alpha / r (0 without adapters)."""
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   def is_moe_layer(self, i: int) -> bool:
     return bool(self.num_experts) and i not in self.mlp_only_layers and (i + 1) % self.decoder_sparse_step == 0

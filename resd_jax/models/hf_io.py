@@ -285,7 +285,10 @@ def load_gguf(path: str | os.PathLike, mesh: Any = None, rules: Any = None, **co
 
 # ------------------------------------------------------------------------------------------------ export
 def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
-  """Our parameters as a flat {HF key: array} dict (gathered to host)."""
+  """Our parameters as a flat {HF key: array} dict (gathered to host); LoRA adapters are merged in."""
+  if model.config.lora_rank:
+    from resd_jax.models import lora  # noqa: PLC0415
+    model = lora.merged_model(model)
   cfg: ModelConfig = model.config
   layer_keys = dict(LAYER_KEYS)
   if cfg.num_experts:

@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from resd_jax.models import lora
 from resd_jax.models.config import ModelConfig
-from resd_jax.models.matmul import mixed_einsum
 from resd_jax.parallel import sharding as shd
 
 _F32 = jnp.float32
@@ -136,10 +136,10 @@ def _group(cfg: ModelConfig, p: dict[str, jax.Array], x: jax.Array, m: jax.Array
   x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1)  # [B, S+1, D]
   xb = jnp.take_along_axis(x_pad, src[..., None], axis=1).reshape(b, E, cap, d)   # [B, E, C, D]
   xb = shd.constrain(xb, ("batch", "expert", None, None))
-  g = mixed_einsum("becd,edf->becf", xb, p["expert_gate"], cd)
-  u = mixed_einsum("becd,edf->becf", xb, p["expert_up"], cd)
+  g = lora.project("becd,edf->becf", xb, p, "expert_gate", cd, cfg.lora_scale)
+  u = lora.project("becd,edf->becf", xb, p, "expert_up", cd, cfg.lora_scale)
   hb = shd.constrain(jax.nn.silu(g) * u, ("batch", "expert", None, "expert_mlp"))        # [B, E, C, F]
-  yb = mixed_einsum("becf,efd->becd", hb, p["expert_down"], cd)
+  yb = lora.project("becf,efd->becd", hb, p, "expert_down", cd, cfg.lora_scale)
   yb = shd.constrain(yb, ("batch", "expert", None, None)).reshape(b, E * cap, d)
   yb = jnp.concatenate([yb, jnp.zeros((b, 1, d), yb.dtype)], axis=1)                     # [B, E*C+1, D]
   kept = slot < E * cap                                                                  # [B, A]

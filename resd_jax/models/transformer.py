@@ -20,6 +20,7 @@ from flax import nnx
 
 from resd_jax.models import attention
 from resd_jax.models.attention import attention_impl, cached_attention, causal_attention  # noqa: F401 (re-exported)
+from resd_jax.models import lora
 from resd_jax.models.config import ModelConfig
 from resd_jax.models.kv_cache import KVCache
 from resd_jax.models.matmul import mixed_einsum
@@ -31,6 +32,11 @@ _F32 = jnp.float32
 def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False, w_cast=None) -> jax.Array:
   """einsum with inputs in the compute dtype and float32 accumulation/output (backward too: see matmul.py)."""
   return mixed_einsum(eq, x, w, dtype, batched, w_cast)
+
+
+def _proj(cfg: ModelConfig, eq: str, x: jax.Array, p: dict[str, jax.Array], name: str) -> jax.Array:
+  """x projected by the layer weight p[name], plus its LoRA update when the layer has one (models/lora.py)."""
+  return lora.project(eq, x, p, name, jnp.dtype(cfg.compute_dtype), cfg.lora_scale)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -109,6 +115,8 @@ class DecoderLayers(nnx.Module):
       self.gate = _param(rngs, (L, D, F), ("layers", "embed", "mlp"), pd)
       self.up = _param(rngs, (L, D, F), ("layers", "embed", "mlp"), pd)
       self.down = _param(rngs, (L, F, D), ("layers", "mlp", "embed"), pd)
+    if cfg.lora_rank:
+      lora.init_params(self, cfg, rngs)
 
   def arrays(self) -> dict[str, jax.Array]:
     """The stacked parameter arrays by name (what `jax.lax.scan` slices per layer)."""
@@ -123,13 +131,12 @@ def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_m
 
   Named scopes (`qkv`, `attention`, `attn_out`, `mlp`) label the ops in profiles (bench/profile_step.py).
   """
-  cd = jnp.dtype(cfg.compute_dtype)
   with jax.named_scope("qkv"):
     q, k, v, x = _qkv(cfg, p, x, cos, sin, q_start)
   with jax.named_scope("attention"):
     a = _attend(cfg, q, k, v, attn_mask, cache_kv, q_start)
   with jax.named_scope("attn_out"):
-    x = x + _dot("bthk,hkd->btd", a, p["o"], cd)
+    x = x + _proj(cfg, "bthk,hkd->btd", a, p, "o")
     x = shd.constrain(x, ("batch", None, None))
   with jax.named_scope("mlp"):
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
@@ -138,24 +145,23 @@ def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_m
       from resd_jax.models import moe  # noqa: PLC0415
       y, aux = moe.moe_mlp(cfg, p, h, attn_mask[:, q_start:])
     else:
-      g = _dot("btd,df->btf", h, p["gate"], cd)
-      u = _dot("btd,df->btf", h, p["up"], cd)
-      y = _dot("btf,fd->btd", jax.nn.silu(g) * u, p["down"], cd)
+      g = _proj(cfg, "btd,df->btf", h, p, "gate")
+      u = _proj(cfg, "btd,df->btf", h, p, "up")
+      y = _proj(cfg, "btf,fd->btd", jax.nn.silu(g) * u, p, "down")
     x = shd.constrain(x + y, ("batch", None, None))
   return x, (k, v), aux
 
 
 def _qkv(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_start: int):
   """Normed, projected, rotated q [B, Tq, H, Dh] and k, v [B, T, KVH, Dh], and x cut to the query rows."""
-  cd = jnp.dtype(cfg.compute_dtype)
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
   if q_start:
     x, cos_q, sin_q = x[:, q_start:], cos[:, q_start:], sin[:, q_start:]
   else:
     cos_q, sin_q = cos, sin
-  q = _dot("btd,dhk->bthk", h[:, q_start:] if q_start else h, p["q"], cd)
-  k = _dot("btd,dhk->bthk", h, p["k"], cd)
-  v = _dot("btd,dhk->bthk", h, p["v"], cd)
+  q = _proj(cfg, "btd,dhk->bthk", h[:, q_start:] if q_start else h, p, "q")
+  k = _proj(cfg, "btd,dhk->bthk", h, p, "k")
+  v = _proj(cfg, "btd,dhk->bthk", h, p, "v")
   if cfg.qkv_bias:
     q, k, v = q + p["q_bias"].astype(_F32), k + p["k_bias"].astype(_F32), v + p["v_bias"].astype(_F32)
   if cfg.qk_norm:

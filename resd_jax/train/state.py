@@ -10,12 +10,15 @@ import optax
 from flax import nnx
 
 from resd_jax.distill.teacher import TeacherConfig, init_teacher
+from resd_jax.models import lora
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
   """params / teacher: nnx.State of the model's Params; opt_state: optax state; counters are int32 scalars.
+
+  For a model with LoRA adapters, opt_state and teacher hold only the adapter leaves (models/lora.py).
 
   step counts calls of the step (applied or skipped); skipped counts updates dropped for non-finite gradients.
   """
@@ -35,6 +38,10 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, teacher_cfg: TeacherConfig,
                      seed: int = 0) -> TrainState:
-  """A fresh TrainState for params (step 0, nothing skipped, rng from seed)."""
-  return TrainState(params=params, opt_state=optimizer.init(params), teacher=init_teacher(params, teacher_cfg),
+  """A fresh TrainState for params (step 0, nothing skipped, rng from seed).
+
+  With LoRA adapters in params, the optimizer state and the teacher's kept weights cover the adapters only.
+  """
+  train = lora.trainable(params)
+  return TrainState(params=params, opt_state=optimizer.init(train), teacher=init_teacher(train, teacher_cfg),
                     step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32), rng=jax.random.key(seed))

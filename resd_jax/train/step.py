@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resd_jax.distill import losses, teacher as teacher_lib
+from resd_jax.models import lora
 from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
 from resd_jax.rl import grpo
@@ -203,8 +204,14 @@ def _split_micro(batch: Any, n: int) -> Any:
 
 
 def accumulate(loss_fn: Callable, params: Any, batch: Any, n: int) -> tuple[Any, jax.Array, jax.Array, Metrics]:
-  """Gradient of the summed loss over n micro-batches, with the summed loss, count and metrics."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  """Gradient of the summed loss over n micro-batches, with the summed loss, count and metrics.
+
+  The gradient is taken with respect to the trainable part of params only (`lora.trainable`: the adapters of a
+  LoRA model, whose frozen base then gets no gradient buffers); loss_fn still receives the whole params.
+  """
+  full = params
+  params = lora.trainable(full)
+  grad_fn = jax.value_and_grad(lambda train, micro: loss_fn(lora.with_trainable(full, train), micro), has_aux=True)
   if n == 1:
     (total, (count, metrics)), grads = grad_fn(params, batch)
     return grads, total, count, metrics
@@ -225,21 +232,26 @@ def accumulate(loss_fn: Callable, params: Any, batch: Any, n: int) -> tuple[Any,
 def apply_gradients(state: TrainState, grads: Any, total: jax.Array, count: jax.Array,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     teacher_cfg: Optional[teacher_lib.TeacherConfig]) -> tuple[TrainState, Metrics]:
-  """Mean gradient -> optax update, unless the loss or a gradient is non-finite (then count a skip)."""
+  """Mean gradient -> optax update, unless the loss or a gradient is non-finite (then count a skip).
+
+  grads are those of the trainable part of state.params (`lora.trainable`: the adapters of a LoRA model).
+  """
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
   safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-  updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+  train = lora.trainable(state.params)
+  updates, new_opt = optimizer.update(safe_grads, state.opt_state, train)
+  new_train = optax.apply_updates(train, updates)
   new_teacher = state.teacher
   if teacher_cfg is not None:
-    new_teacher = teacher_lib.update_teacher(state.teacher, new_params, teacher_cfg)
+    new_teacher = teacher_lib.update_teacher(state.teacher, new_train, teacher_cfg)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
   lr = schedule(state.step - state.skipped)
   skipped_now = (~finite).astype(jnp.int32)
-  new_state = TrainState(params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state),
+  new_params = lora.with_trainable(state.params, keep(new_train, train))
+  new_state = TrainState(params=new_params, opt_state=keep(new_opt, state.opt_state),
                          teacher=keep(new_teacher, state.teacher), step=state.step + 1,
                          skipped=state.skipped + skipped_now, rng=jax.random.fold_in(state.rng, state.step))
   metrics = {"loss": _sum_count(total, count), "grad_norm": _sum_count(grad_norm, 1.0), "lr": _sum_count(lr, 1.0),
