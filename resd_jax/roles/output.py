@@ -15,6 +15,7 @@ from resd_jax.models.tokenizer import strip_reasoning
 
 MAX_OUTPUT_CHARS = 200_000  # a role's answer beyond this is cut (the parsers read a few thousand characters)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones can exist in a str
 OPEN, CLOSE = "<think>", "</think>"
 
 
@@ -22,9 +23,7 @@ def sanitize(value: Any, max_chars: int = MAX_OUTPUT_CHARS) -> str:
   """Any value -> a str that encodes as UTF-8 (lone surrogates -> U+FFFD), without NUL / controls, capped."""
   if not isinstance(value, str):
     return ""
-  text = value[: max_chars]
-  text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # lone surrogates -> U+FFFD
-  return _CONTROL.sub(" ", text)
+  return _CONTROL.sub(" ", _SURROGATE.sub("\ufffd", value[:max_chars]))
 
 
 def prompt_opens_reasoning(prompt_text: str) -> bool:
