@@ -136,12 +136,13 @@ def make_config(args, algorithm, seed):
   from resd_jax.configs import base
   c = base.get_config("tiny")
   c.algorithm, c.seed, c.task.name = algorithm, seed, "lesson_length"
+  c.model.compute_dtype, c.model.remat = args.compute_dtype, args.remat
   if args.policy == "tiny":
-    c.model.source, c.model.preset, c.model.remat = "preset", "tiny", "none"
+    c.model.source, c.model.preset = "preset", "tiny"
   c.data.train_limit, c.data.test_limit, c.data.epochs = 0, 0, 1000
   c.rollout.batch_prompts, c.rollout.samples_per_prompt, c.rollout.inner_updates = args.batch, args.samples, 1
   c.rollout.max_prompt_len, c.rollout.max_response_len = 128, args.max_response
-  c.rollout.max_teacher_prompt_len = 512
+  c.rollout.max_teacher_prompt_len = args.teacher_len
   c.rollout.sample_batch = args.batch * args.samples
   c.train.learning_rate, c.train.max_steps = args.lr, args.steps
   c.eval.before_training, c.eval.every_outer = False, 0
@@ -280,6 +281,9 @@ def main():
   ap.add_argument("--samples", type=int, default=2)
   ap.add_argument("--max-response", type=int, default=48)
   ap.add_argument("--lr", type=float, default=1e-5)
+  ap.add_argument("--compute-dtype", default="bfloat16", help="bfloat16 is the fast CPU setting")
+  ap.add_argument("--remat", default="none", help="none | full | dots (full saves memory, costs time)")
+  ap.add_argument("--teacher-len", type=int, default=512, help="rollout.max_teacher_prompt_len")
   args = ap.parse_args()
   out_dir = pathlib.Path(args.out)
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,8 @@ def get_base() -> ml_collections.ConfigDict:
     r.temperature = 1.0
     r.top_p = 0.95
     r.max_new_tokens = 0        # 0 = rollout.max_response_len
-    r.enable_thinking = ml_collections.config_dict.placeholder(bool)  # None = the model's default (policy: model.enable_thinking)
+    # chat-template flag; None = the model's default (backend policy: model.enable_thinking)
+    r.enable_thinking = ml_collections.config_dict.placeholder(bool)
 
   # Validation.
   c.eval = ml_collections.ConfigDict()

@@ -76,3 +76,15 @@ def test_role_generators_split_phases_and_report_counters():
   assert r2.metrics["context/role/tagger/calls"] == (1.0, 1) and upd.playbook.get(entry_id).helpful == 1
   assert len(refl.convs) == 2 and len(tag.convs) == 1 and len(cur.convs) == 2
   assert "Check the format first." in tag.convs[0][0][-1]["content"]  # the tagger sees the playbook
+
+
+def test_recording_wraps_each_role_and_keeps_its_counters():
+  from resd_jax.analysis.tokens import _recording
+  from resd_jax.context import prompts
+  refl = CountingRole("reflector", lambda c: "r")
+  log = []
+  cur = CountingRole("curator", lambda c: "c")
+  gens = _recording(RoleGenerators({"reflector": refl, "tagger": refl, "curator": cur}), log)
+  conv = [{"role": "system", "content": prompts.REFLECTOR_SYSTEM}, {"role": "user", "content": "u"}]
+  assert gens["reflector"]([conv]) == ["r"] and log == [("reflect", "r")]
+  assert gens["reflector"].take_metrics() == {"role/reflector/calls": (1.0, 1)}
