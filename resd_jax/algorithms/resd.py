@@ -32,11 +32,11 @@ from resd_jax import config_schema, evaluation
 from resd_jax import metrics as mx
 from resd_jax.algorithms import runtime
 from resd_jax.context import ContextUpdater, GradedSample, Metrics, distillation_batch
-from resd_jax.roles.generators import RoleGenerators
 from resd_jax.distill import losses
 from resd_jax.parallel import sharding as shd
 from resd_jax.roles import roles_from_config
 from resd_jax.roles.binding import RoleBindings
+from resd_jax.roles.generators import RoleGenerators
 from resd_jax.sampling import SamplingParams, generate_rollouts
 from resd_jax.train import step as step_lib
 from resd_jax.train.optim import make_optimizer
