@@ -225,6 +225,7 @@ def run_arm(args, arm, seed, out):
         break
       m = trainer.inner_update(batches[step % len(batches)])
       trainer.cursor.step += 1
+      trainer.writer.write(trainer.cursor.step, m)  # runs/<arm>_s<seed>/metrics.jsonl (teacher, context counters)
       print(f"{arm} s{seed} step {step + 1}: train success {m['rollout/success'][0] / m['rollout/success'][1]:.2f} "
             f"({m['time/rollout']:.0f}+{m['time/step']:.0f} s)", flush=True)
   finally:
