@@ -153,10 +153,7 @@ def make_config(args, algorithm, seed):
 def held_out_measures(trainer, examples):
   """(success rate, mean words, mean per-token log-prob of the correct-format answer) of the current policy."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
-  from resd_jax.models import tokenizer as tk
   from resd_jax.sampling import SamplingParams, generate_rollouts
   tok = trainer.tokenizer
   with trainer._mesh_ctx():
@@ -164,13 +161,21 @@ def held_out_measures(trainer, examples):
                               SamplingParams(temperature=0.0, max_new_tokens=trainer.cfg.rollout.max_response_len),
                               jax.random.PRNGKey(0), None, len(examples))
   grades = [trainer.task.grade(e, r.text, truncated=r.truncated) for e, r in zip(examples, rolls)]
-  end = tk.stop_token_ids(tok)
-  end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else end[0]
-  rows = []
-  for e in examples:
-    p = tk.chat_tokens(tok, e.messages)
-    a = tk.encode(tok, e.meta["answer"]) + [int(end_id)]
-    rows.append((p, a))
+  lp = format_logprobs(trainer, [list(e.messages) for e in examples], [e.meta["answer"] for e in examples])
+  return (float(np.mean([g.success for g in grades])), float(np.mean([g.info["words"] for g in grades])),
+          float(np.mean(lp)))
+
+
+def format_logprobs(trainer, conversations, answers):
+  """Per conversation: mean per-token log-prob of `answer` + the end-of-turn token after the chat prompt."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from resd_jax.models import tokenizer as tk
+  tok = trainer.tokenizer
+  end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tk.stop_token_ids(tok)[0]
+  rows = [(tk.chat_tokens(tok, conv), tk.encode(tok, ans) + [int(end_id)]) for conv, ans in zip(conversations, answers)]
   L = max(len(p) + len(a) for p, a in rows)
   toks = np.zeros((len(rows), L), np.int32)
   mask = np.zeros((len(rows), L), bool)
@@ -189,9 +194,45 @@ def held_out_measures(trainer, examples):
   with trainer._mesh_ctx():
     lp = np.asarray(logp(trainer.policy(), jnp.asarray(toks), jnp.asarray(mask)))
   t = target[:, 1:]
-  per_example = (lp * t).sum(1) / t.sum(1)
-  return (float(np.mean([g.success for g in grades])), float(np.mean([g.info["words"] for g in grades])),
-          float(np.mean(per_example)))
+  return (lp * t).sum(1) / t.sum(1)
+
+
+def context_probe(args):
+  """How much each teacher context, by itself, moves the INITIAL policy towards the correct format: the format
+  log-prob on the held-out prompts under the student prompt, SDPO's teacher prompt (feedback on the policy's
+  own greedy answer) and RESD's (the playbook lesson, the scripted reflection, the feedback and the attempt)."""
+  import jax
+  import numpy as np
+  from resd_jax.algorithms import resd
+  from resd_jax.context import ContextConfig, ContextUpdater, GradedSample, TeacherContextConfig
+  from resd_jax.context.teacher_context import build_teacher_context
+  from resd_jax.sampling import SamplingParams, generate_rollouts
+  trainer = resd.Trainer(make_config(args, "resd", 0), pathlib.Path(args.out) / "runs" / "probe")
+  exs = trainer.data.test
+  with trainer._mesh_ctx():
+    rolls = generate_rollouts(trainer.policy(), trainer.tokenizer, [list(e.messages) for e in exs],
+                              SamplingParams(temperature=0.0, max_new_tokens=args.max_response),
+                              jax.random.PRNGKey(0), None, len(exs))
+  samples = [GradedSample(e, r.text, list(r.response_tokens), None, trainer.task.grade(e, r.text, truncated=r.truncated),
+                          r.truncated) for e, r in zip(exs, rolls)]
+  upd = ContextUpdater(ContextConfig(), 0)
+  res = upd.update(samples, scripted_roles(), 1)
+  variants = {
+    "student prompt (no context)": None,
+    "SDPO teacher (feedback)": TeacherContextConfig.sdpo(self_success=False),
+    "RESD teacher (playbook + reflection + feedback + attempt)": TeacherContextConfig(),
+    "playbook lesson only": TeacherContextConfig(use_attempt=False, use_feedback=False, use_reflection=False,
+                                                 use_solution=False),
+  }
+  out = {}
+  for name, tc in variants.items():
+    convs = [list(s.example.messages) if tc is None else
+             build_teacher_context(s, upd.playbook, res.reflections[i], None, tc).messages
+             for i, s in enumerate(samples)]
+    out[name] = float(np.mean(format_logprobs(trainer, convs, [e.meta["answer"] for e in exs])))
+    print(f"{name}: {out[name]:.3f}", flush=True)
+  trainer.close()
+  (pathlib.Path(args.out) / "context_probe.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
 def run_arm(args, arm, seed, out):
@@ -285,9 +326,13 @@ def main():
   ap.add_argument("--compute-dtype", default="bfloat16", help="bfloat16 is the fast CPU setting")
   ap.add_argument("--remat", default="none", help="none | full | dots (full saves memory, costs time)")
   ap.add_argument("--teacher-len", type=int, default=512, help="rollout.max_teacher_prompt_len")
+  ap.add_argument("--context-probe", action="store_true", help="only measure what each teacher context does to "
+                  "the initial policy (OUT/context_probe.json)")
   args = ap.parse_args()
   out_dir = pathlib.Path(args.out)
   out_dir.mkdir(parents=True, exist_ok=True)
+  if args.context_probe:
+    return context_probe(args)
   path = out_dir / "results.jsonl"
   if path.exists():
     raise SystemExit(f"{path} exists; pass a fresh --out (results are never overwritten)")
