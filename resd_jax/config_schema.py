@@ -264,6 +264,26 @@ def check_values(cfg: Any) -> None:
                       f"(use --config=configs/bouncingsim.py:easy)")
 
 
+def used_roles(cfg: Any) -> tuple[str, ...]:
+  """The context roles a run calls: RESD's reflector with context.reflection, tagger and curator with
+  context.playbook; none for SDPO and GRPO."""
+  if cfg.algorithm != "resd":
+    return ()
+  return (("reflector",) if cfg.context.reflection else ()) + (("tagger", "curator") if cfg.context.playbook else ())
+
+
+def check_roles(cfg: Any) -> None:
+  """Every role's binding and sampling (roles.*); for the roles the run calls, an endpoint's key variable must
+  be set."""
+  from resd_jax.roles import roles_from_config
+  try:
+    roles = roles_from_config(cfg)
+    for name in used_roles(cfg):
+      roles[name].check_environment()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def validate(cfg: Any, n_devices: int) -> RunParts:
   """Check the whole config; returns the typed parts. Raises ConfigError (one line, with the fix)."""
   check_keys(cfg)
@@ -271,6 +291,7 @@ def validate(cfg: Any, n_devices: int) -> RunParts:
   check_batch(cfg, n_devices)
   check_model(cfg)
   check_data(cfg)
+  check_roles(cfg)
   if cfg.workdir:
     check_workdir(cfg.workdir)
   try:

@@ -21,7 +21,7 @@ import logging
 import pathlib
 import random
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,9 @@ from resd_jax.context import ContextUpdater, GradedSample, Metrics, distillation
 from resd_jax.distill import losses
 from resd_jax.parallel import placement
 from resd_jax.parallel import sharding as shd
+from resd_jax.roles import roles_from_config
+from resd_jax.roles.binding import RoleBindings
+from resd_jax.roles.generators import RoleGenerators
 from resd_jax.sampling import SamplingParams, generate_rollouts
 from resd_jax.tasks.base import Grade
 from resd_jax.train import step as step_lib
@@ -143,6 +146,10 @@ class Trainer:
     # On the mesh before any restore: checkpoints are read onto these shardings (on every process).
     self.state = self._place(init_train_state(params, self.optimizer, step_cfg.teacher, int(cfg.seed)))
     self.updater = ContextUpdater(self.context_config(), int(cfg.seed))
+    # Who writes reflections, tags and playbook edits (docs/roles.md); a local role model is loaded here.
+    self.roles = RoleBindings(cfg, roles_from_config(cfg), config_schema.used_roles(cfg), policy_fn=self.policy,
+                              tokenizer=self.tokenizer, key_fn=lambda step, call: self.key(CONTEXT, step, call),
+                              mesh=self.mesh, mesh_ctx=self._mesh_ctx)
     self.cursor = Cursor()
     self.history: dict[str, dict[str, float]] = {}
     self.base_key = jax.random.PRNGKey(int(cfg.seed))
@@ -160,6 +167,10 @@ class Trainer:
       self.ckpt = ck.Checkpointer(self.workdir / "checkpoints", every=int(cfg.checkpoint.every),
                                   keep=int(cfg.checkpoint.keep), best_metric=evaluation.kept_best_metric(cfg))
       self._restore_or_init()
+      if self.is_main:  # which model played which role (no secrets), next to metrics.jsonl
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "roles.json").write_text(json.dumps(self.roles.describe(), indent=1, sort_keys=True) + "\n")
+      log.info("context roles: %s", json.dumps(self.roles.describe(), sort_keys=True))
       self.writer = mx.MetricWriter(self.workdir, enabled=self.is_main, tensorboard=bool(cfg.metrics.tensorboard),
                                     wandb_project=cfg.metrics.wandb_project or None, wandb_config=cfg.to_dict(),
                                     console=bool(cfg.metrics.console))
@@ -204,7 +215,8 @@ class Trainer:
   # ----- checkpoint state --------------------------------------------------------------------------------
   def side_state(self) -> dict[str, Any]:
     return {"cursor": self.cursor.to_dict(), "context": self.updater.state_dict(), "history": self.history,
-            "host_rng": _host_rng_state(), "config": json.loads(self.cfg.to_json()), "algorithm": self.kind}
+            "host_rng": _host_rng_state(), "config": json.loads(self.cfg.to_json()), "algorithm": self.kind,
+            "roles": self.roles.describe()}
 
   def _restore_or_init(self) -> None:
     abstract = ck.abstract_like(self.state)
@@ -254,19 +266,10 @@ class Trainer:
       return generate_rollouts(self.policy(), self.tokenizer, convs, params, key,
                                self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch))
 
-  def generate_text_fn(self, step: int) -> Callable[[list[list[dict[str, str]]]], list[str]]:
-    """The context engine's generator: the current policy at the context temperature, keyed per call."""
-    c = self.cfg.context
-    params = SamplingParams(temperature=float(c.temperature), top_p=1.0, max_new_tokens=int(c.max_new_tokens))
-    calls = [0]
-
-    def generate_text(convs):
-      calls[0] += 1
-      with self._mesh_ctx():
-        return [r.text for r in generate_rollouts(self.policy(), self.tokenizer, convs, params,
-                                                  self.key(CONTEXT, step, calls[0]), self.cfg.model.enable_thinking,
-                                                  int(self.cfg.rollout.sample_batch))]
-    return generate_text
+  def generate_text_fn(self, step: int) -> RoleGenerators:
+    """The context engine's generators of this step: one per role (policy, local model or endpoint), each with
+    its own sampling settings; model-backed roles keyed per (step, call)."""
+    return self.roles.for_step(step)
 
   def inner_update(self, examples: Sequence[Any]) -> dict[str, Any]:
     cfg, step = self.cfg, self.cursor.step

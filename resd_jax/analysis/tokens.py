@@ -200,12 +200,15 @@ def _recording(generate_text: Any, log: list[tuple[str, str]]) -> Any:
   conversation's system prompt (reflect / tag / curate / other)."""
   from resd_jax.context import prompts  # noqa: PLC0415
   kinds = {prompts.REFLECTOR_SYSTEM: "reflect", prompts.TAGGER_SYSTEM: "tag", prompts.CURATOR_SYSTEM: "curate"}
+  if not callable(generate_text):  # RoleGenerators: record each role's generator
+    return generate_text.map(lambda _role, g: _recording(g, log))
 
   def generate(convs):
     outs = generate_text(convs)
     log.extend((kinds.get(conv[0].get("content") if conv else None, "other"), text)
                for conv, text in zip(convs, outs))
     return outs
+  generate.take_metrics = getattr(generate_text, "take_metrics", dict)  # the role's counters still reach the metrics
   return generate
 
 

@@ -44,7 +44,8 @@ def get_config(variant: str = ""):
   c.context.max_entries = 200     # M_max
   c.context.prune_every = 4       # F
   c.context.teacher_context_tokens = 4096
-  c.context.max_new_tokens = 1024
+  for role in ("reflector", "tagger", "curator"):  # deviation: not the per-turn rollout budget (512), as a
+    c.roles[role].max_new_tokens = 1024            # reflection reads a whole episode
   c.eval.num_samples = 1          # one episode per validation game
   c.eval.temperature = 0.6
   c.eval.top_p = 0.95
@@ -67,7 +68,8 @@ def get_config(variant: str = ""):
     c.rollout.max_teacher_prompt_len = 1792
     c.train.micro_batches = 1
     c.context.teacher_context_tokens = 1024
-    c.context.max_new_tokens = 64
+    for role in ("reflector", "tagger", "curator"):
+      c.roles[role].max_new_tokens = 64
     c.eval.num_samples = 1
     c.eval.max_response_len = 32
     c.eval.every_outer = 1

@@ -130,8 +130,30 @@ def get_base() -> ml_collections.ConfigDict:
   c.context.sdpo_solution_buffer = True  # SDPO / SDPO+ss: solutions of earlier steps count (reference: False)
   c.context.teacher_context_tokens = 8192  # budget of the teacher's extra context (playbook etc.)
   c.context.curation_extensions = False  # UPDATE / MERGE / DELETE besides ADD
-  c.context.max_new_tokens = 1024  # reflection / curation generation length
-  c.context.temperature = 0.6
+
+  # Context roles (docs/roles.md): who writes the reflections (reflector), the success tags (tagger) and the
+  # playbook edits (curator), and how each samples. backend: policy (the trained model itself: the paper) |
+  # local (a second frozen model, loaded once, sharded like the policy, same sampler) | endpoint (an
+  # OpenAI-compatible chat-completions server). Sampling defaults follow the reference, which generates these
+  # through its rollout engine with the rollout's settings (temperature 1.0, top-p 0.95, the rollout's response
+  # budget, thinking as the rollout). Earlier versions of this code used 1,024 tokens at temperature 0.6, top-p 1.
+  c.roles = ml_collections.ConfigDict()
+  for _role in ("reflector", "tagger", "curator"):
+    r = c.roles[_role] = ml_collections.ConfigDict()
+    r.backend = "policy"        # policy | local | endpoint
+    r.model_source = ""         # local: hf | gguf | embedded | preset (random weights; model_path = preset name)
+    r.model_path = ""           # local: model directory (hf), file (gguf), preset name (preset)
+    r.base_url = ""             # endpoint: e.g. http://127.0.0.1:8000/v1 (POST {base_url}/chat/completions)
+    r.model = ""                # endpoint: the server's model name
+    r.api_key_env = ""          # endpoint: NAME of the environment variable holding the key (never the key)
+    r.timeout_s = 120.0         # endpoint: per request
+    r.max_retries = 2           # endpoint: retries after timeouts, connection errors, HTTP 429 / 5xx (backoff)
+    r.max_concurrency = 8       # endpoint: parallel requests
+    r.temperature = 1.0
+    r.top_p = 0.95
+    r.max_new_tokens = 0        # 0 = rollout.max_response_len
+    # chat-template flag; None = the model's default (backend policy: model.enable_thinking)
+    r.enable_thinking = ml_collections.config_dict.placeholder(bool)
 
   # Validation.
   c.eval = ml_collections.ConfigDict()
@@ -231,7 +253,8 @@ def tiny_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.context.max_entries = 20
   c.context.max_playbook_tokens = 512
   c.context.teacher_context_tokens = 1024
-  c.context.max_new_tokens = 96
+  for _role in ("reflector", "tagger", "curator"):
+    c.roles[_role].max_new_tokens = 96
   c.distill.top_k = 16
   c.distill.chunk = 64
   c.eval.num_samples = 2

@@ -12,8 +12,12 @@ Order within `update`:
    evict lowest-value entries while the rendered playbook exceeds `max_playbook_tokens`;
 5. the solution buffer stores every successful response (the latest wins).
 
-Generation is injected: `generate_text(conversations) -> texts`, one text per conversation. Bad model output
-never raises; it is counted in the returned metrics (name -> (sum, count), under `context/`).
+Generation is injected: `generate_text(conversations) -> texts`, one text per conversation, either one
+callable for every phase (reflections and tags then share one call) or a `resd_jax.roles.RoleGenerators`
+with one generator per role (reflector, tagger, curator: reflections and tags in separate calls). A
+generator's own counters (`take_metrics`) join the metrics. Bad model output never raises; it is counted in
+the returned metrics (name -> (sum, count), under `context/`). Output whose reasoning block never closes
+(`<think>` without `</think>`: cut inside its reasoning) is no answer: counted and read as "".
 """
 from __future__ import annotations
 
@@ -32,8 +36,11 @@ from resd_jax.context.rng import SeededRng
 from resd_jax.context.solution_buffer import SolutionBuffer
 from resd_jax.context.text import approx_token_count
 from resd_jax.context.types import GradedSample, Metrics
+from resd_jax.roles.generators import take_metrics
 
 GenerateText = Callable[[list[list[dict[str, str]]]], list[str]]
+# One callable for every phase, or anything indexable by role name ("reflector", "tagger", "curator").
+Generators = Any
 
 
 @dataclasses.dataclass
@@ -56,7 +63,7 @@ class ContextUpdater:
     self.rng = SeededRng(int(seed), 0)
 
   # ----- one update ---------------------------------------------------------------------------------------
-  def update(self, samples: Sequence[GradedSample], generate_text: GenerateText, step: int) -> UpdateResult:
+  def update(self, samples: Sequence[GradedSample], generate_text: Generators, step: int) -> UpdateResult:
     """One context update; all or nothing: if `generate_text` raises, the state is left as it was."""
     saved = self.state_dict()
     try:
@@ -65,7 +72,7 @@ class ContextUpdater:
       self.load_state_dict(saved)
       raise
 
-  def _update(self, samples: Sequence[GradedSample], generate_text: GenerateText, step: int) -> UpdateResult:
+  def _update(self, samples: Sequence[GradedSample], generate_text: Generators, step: int) -> UpdateResult:
     cfg, pb, m = self.config, self.playbook, Metrics()
     pb.update_count += 1
     before = [self.buffer.get(s.example.id) for s in samples]
@@ -82,8 +89,12 @@ class ContextUpdater:
                  if cfg.tag_successes and len(pb) else [])
     snapshot = pb.render()
     convs = [reflection_messages(samples[i], snapshot, cfg) for i in failed]
-    convs += [tagging_messages(samples[i], snapshot, cfg) for i in succeeded]
-    outs = self._generate(generate_text, convs, m)
+    tag_convs = [tagging_messages(samples[i], snapshot, cfg) for i in succeeded]
+    if callable(generate_text):  # one generator for every phase: one call
+      outs = self._generate(generate_text, convs + tag_convs, m)
+    else:
+      outs = (self._generate(generate_text["reflector"], convs, m)
+              + self._generate(generate_text["tagger"], tag_convs, m))
     for i, text in zip(failed, outs[: len(failed)]):
       refl = parse_reflection(text, cfg, m)
       if refl is not None:
@@ -97,8 +108,9 @@ class ContextUpdater:
       curate = _first_per_id(samples, lambda i: bool(reflections[i]))
       m.add("curate/skipped_no_reflection", len(failed_ids) - len(curate), len(failed_ids))
       snapshot, stats = pb.render(), stats_text(pb)
-      outs = self._generate(generate_text, [curation_messages(samples[i], reflections[i], snapshot, stats, cfg)
-                                            for i in curate], m)
+      curator = generate_text if callable(generate_text) else generate_text["curator"]
+      outs = self._generate(curator, [curation_messages(samples[i], reflections[i], snapshot, stats, cfg)
+                                      for i in curate], m)
       for text in outs:
         apply_operations(pb, parse_operations(text, cfg, m), step, cfg, m)
 
@@ -121,11 +133,15 @@ class ContextUpdater:
     if not convs:
       return []
     outs = list(generate_text(convs))
+    m.merge(take_metrics(generate_text))
     if len(outs) != len(convs):
       raise ValueError(f"generate_text returned {len(outs)} texts for {len(convs)} conversations; it must return "
                        "exactly one text per conversation")
     m.add("generate/non_text_outputs", sum(not isinstance(o, str) for o in outs), len(outs))
-    return [o if isinstance(o, str) else "" for o in outs]
+    outs = [o if isinstance(o, str) else "" for o in outs]
+    unclosed = [o.rfind("<think>") > o.rfind("</think>") for o in outs]  # cut inside the reasoning: no answer
+    m.add("generate/unclosed_reasoning", sum(unclosed), len(outs))
+    return ["" if u else o for o, u in zip(outs, unclosed)]
 
   def _prune(self, m: Metrics, cap: int | None, phase: str) -> None:
     res = prune(self.playbook, self.config.prune_method, cap, self.rng.draw("prune"),

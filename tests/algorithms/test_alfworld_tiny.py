@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 OVERRIDES = {
   "model.source": "preset", "model.preset": "tiny", "train.max_steps": 2, "env.max_steps": 3,
   "rollout.batch_prompts": 1, "rollout.max_response_len": 16, "eval.max_response_len": 16,
-  "context.max_new_tokens": 32, "data.test_limit": 1, "eval.before_training": False, "metrics.progress": False,
+  "roles.reflector.max_new_tokens": 32, "roles.tagger.max_new_tokens": 32, "roles.curator.max_new_tokens": 32,
+  "data.test_limit": 1, "eval.before_training": False, "metrics.progress": False,
 }
 
 

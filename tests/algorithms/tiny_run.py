@@ -50,7 +50,9 @@ def tiny_config(algorithm="resd", overrides=None):
   c.model.source, c.model.preset = "preset", "tiny"
   c.data.train_limit, c.data.test_limit = 4, 2
   c.rollout.max_prompt_len, c.rollout.max_teacher_prompt_len = 64, 704
-  c.rollout.max_response_len, c.eval.max_response_len, c.context.max_new_tokens = 16, 8, 24
+  c.rollout.max_response_len, c.eval.max_response_len = 16, 8
+  for role in ("reflector", "tagger", "curator"):
+    c.roles[role].max_new_tokens = 24
   c.context.teacher_context_tokens = 640
   c.metrics.progress = False
   for k, v in (overrides or {}).items():
