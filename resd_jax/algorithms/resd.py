@@ -35,6 +35,7 @@ from resd_jax.context import ContextUpdater, GradedSample, Metrics, distillation
 from resd_jax.distill import losses
 from resd_jax.parallel import sharding as shd
 from resd_jax.sampling import SamplingParams, generate_rollouts
+from resd_jax.sampling import engine as engine_lib
 from resd_jax.train import step as step_lib
 from resd_jax.train.optim import make_optimizer
 from resd_jax.train.state import init_train_state, split_model
@@ -115,6 +116,9 @@ class Trainer:
     self.rules = shd.DEFAULT_RULES
     self.tokenizer = runtime.load_tokenizer(cfg)
     model = runtime.load_model(cfg, self.mesh, self.tokenizer)
+    self.engine = engine_lib.engine_config(cfg)   # the rollout engine; its pool must hold one longest row
+    engine_lib.check_startup(model.config, self.engine,
+                             int(cfg.rollout.max_prompt_len) + int(cfg.rollout.max_response_len))
     self.graphdef, params = split_model(model)
     del model
     self.task = runtime.make_task(cfg, partial_credit=self.kind == "grpo" and bool(cfg.grpo.partial_credit))
@@ -225,7 +229,7 @@ class Trainer:
     convs = [list(ex.messages) for ex in examples for _ in range(per_prompt)]
     with self._mesh_ctx():
       return generate_rollouts(self.policy(), self.tokenizer, convs, params, key,
-                               self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch))
+                               self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch), self.engine)
 
   def generate_text_fn(self, step: int) -> Callable[[list[list[dict[str, str]]]], list[str]]:
     """The context engine's generator: the current policy at the context temperature, keyed per call."""
@@ -238,7 +242,7 @@ class Trainer:
       with self._mesh_ctx():
         return [r.text for r in generate_rollouts(self.policy(), self.tokenizer, convs, params,
                                                   self.key(CONTEXT, step, calls[0]), self.cfg.model.enable_thinking,
-                                                  int(self.cfg.rollout.sample_batch))]
+                                                  int(self.cfg.rollout.sample_batch), self.engine)]
     return generate_text
 
   def inner_update(self, examples: Sequence[Any]) -> dict[str, Any]:

@@ -81,13 +81,15 @@ class EngineConfig:
     need(isinstance(self.decode_steps, int) and self.decode_steps >= 1,
          f"engine.decode_steps must be >= 1, got {self.decode_steps!r}")
 
-  @staticmethod
-  def from_config(c: Any) -> "EngineConfig":
-    """From the `engine` block of an ml_collections config."""
-    return EngineConfig(page_size=int(c.page_size), num_pages=int(c.num_pages),
-                        memory_fraction=float(c.memory_fraction), slots=int(c.slots),
-                        prefill_chunk=int(c.prefill_chunk), decode_steps=int(c.decode_steps),
-                        share_prefixes=bool(c.share_prefixes))
+
+
+def engine_config(cfg: Any) -> EngineConfig:
+  """The EngineConfig of a run config (its `engine` block; slots = 0 takes rollout.sample_batch)."""
+  c = cfg.engine
+  return EngineConfig(page_size=int(c.page_size), num_pages=int(c.num_pages),
+                      memory_fraction=float(c.memory_fraction),
+                      slots=int(c.slots) or int(cfg.rollout.sample_batch), prefill_chunk=int(c.prefill_chunk),
+                      decode_steps=int(c.decode_steps), share_prefixes=bool(c.share_prefixes))
 
 
 # ------------------------------------------------------------------------------------------------ device side
@@ -206,6 +208,13 @@ def check_pool(cfg: Any, ec: EngineConfig, num_pages: int, longest: int) -> None
         f"{ec.page_size} tokens, but the pool holds {num_pages - 1} (+1 trash page; {per_page} bytes a page); "
         f"raise engine.num_pages (or engine.memory_fraction when num_pages = 0), or shorten the prompt / "
         f"max_new_tokens")
+
+
+def check_startup(cfg: Any, ec: EngineConfig, longest: int) -> None:
+  """Reject, before a run starts, a pool (explicit or from the memory budget now) that cannot hold one row of
+  `longest` tokens (the longest prompt + response the run allows)."""
+  check_pool(cfg, ec, ec.num_pages or pages_for_budget(cfg, int(free_memory_bytes() * ec.memory_fraction),
+                                                       ec.page_size), longest)
 
 
 def generate_paged(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
