@@ -39,7 +39,7 @@ from resd_jax.sampling.draw import draw, kcap_for
 from resd_jax.sampling.paged_attention import decode_attention_impl
 from resd_jax.sampling.paged_cache import (PageAllocator, PagePool, PrefixIndex, bytes_per_page, empty_pool,
                                            free_memory_bytes, pages_for_budget)
-from resd_jax.sampling.paged_forward import paged_forward
+from resd_jax.sampling.paged_forward import FlatPages, paged_forward
 from resd_jax.sampling.params import SamplingParams
 
 MIN_CHUNK = 16
@@ -121,10 +121,11 @@ def _prefill(graphdef, params, pool: PagePool, tokens, positions, valid, page_ta
   return pool, tok, lp, slp
 
 
-def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, knobs: static.Knobs, *, k_cap: int,
-            n_steps: int, attn_impl: str):
-  """Up to n_steps decode steps of all slots (stops early when every slot is done). Returns the pool, the
-  slots and the tokens / log-probs [S, n_steps] written at column (step - step at entry)."""
+def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatPages | None, knobs: static.Knobs,
+            *, k_cap: int, n_steps: int, attn_impl: str):
+  """Up to n_steps decode steps of all slots (stops early when every slot is done). The rows' pages come as
+  `flat` (attention over the live pages only) or, for the TPU kernel, as page_table [S, nb]. Returns the pool,
+  the slots and the tokens / log-probs [S, n_steps] written at column (step - step at entry)."""
   model = nnx.merge(graphdef, params)
   s = st.last.shape[0]
   out = tuple(jnp.zeros((s, n_steps), dt) for dt in (jnp.int32, jnp.float32, jnp.float32))
@@ -137,7 +138,7 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, knobs: stat
     i, pool, st, (ot, olp, oslp) = c
     live = ~st.done
     hidden, pool = paged_forward(model, pool, st.last[:, None], st.pos[:, None], live[:, None], page_table,
-                                 attn_impl=attn_impl)
+                                 flat=flat, attn_impl=attn_impl)
     tok, lp, slp = _draw(model.logits(hidden[:, 0]), st.keys, st.step, knobs, k_cap)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, jnp.where(live, val, buf[:, i])[:, None], (0, i))
     is_stop = jnp.any(tok[:, None] == knobs.stop_ids[None, :], axis=-1)
@@ -408,6 +409,21 @@ class _Run:
     """Pages the attention reads per row: a power of two >= pages (and >= MIN_SPAN tokens)."""
     return _pow2(pages, max(1, MIN_SPAN // self.page))
 
+  def _flat(self, live: list[tuple[int, _Seq]], n_slots: int) -> FlatPages:
+    """The live rows' pages listed flat, padded to a power of two (>= MIN_SPAN tokens) with masked entries."""
+    pages, rows, first = [], [], []
+    start = np.zeros((n_slots,), np.int32)
+    for i, s in live:
+      start[i] = len(pages)
+      pages += s.pages
+      rows += [i] * len(s.pages)
+      first += [k * self.page for k in range(len(s.pages))]
+    n = self._span(len(pages))
+    pad = n - len(pages)
+    as_i32 = lambda x: jnp.asarray(np.asarray(x, np.int32))  # noqa: E731
+    return FlatPages(pages=as_i32(pages + [0] * pad), row=as_i32(rows + [n_slots - 1] * pad),
+                     first=as_i32(first + [1 << 30] * pad), row_start=self._put(start))
+
   def _table(self, rows: Sequence[_Seq | None], r: int, nb: int) -> np.ndarray:
     table = np.zeros((r, nb), np.int32)
     for j, s in enumerate(rows):
@@ -441,18 +457,23 @@ class _Run:
       return
     for i, s in live:
       self._grow(s, s.cached + min(k, s.max_new - len(s.gen)))
-    nb = self._span(max(len(s.pages) for _, s in live))
     n_slots = len(self.slots)
+    table, flat = None, None
+    if self.impl == "pallas":
+      nb = self._span(max(len(s.pages) for _, s in live))
+      table = self._put(self._table([s if s is not None and s.state == "decode" else None for s in self.slots],
+                                    n_slots, nb))
+    else:
+      flat = self._flat(live, n_slots)
     last, pos, step, max_new = (np.zeros((n_slots,), np.int32) for _ in range(4))
     done = np.ones((n_slots,), bool)
     key_rows = np.zeros((n_slots,), np.int32)
     for i, s in live:
       last[i], pos[i], step[i], max_new[i], done[i], key_rows[i] = s.gen[-1], s.cached, len(s.gen), s.max_new, \
           False, s.idx
-    table = self._table([s if s is not None and s.state == "decode" else None for s in self.slots], n_slots, nb)
     st = Slots(last=self._put(last), pos=self._put(pos), step=self._put(step), max_new=self._put(max_new),
                done=self._put(done), keys=self.row_keys[jnp.asarray(key_rows)])
-    self.pool, st, (ot, olp, oslp) = decode_fn(self.graphdef, self.state, self.pool, st, self._put(table),
+    self.pool, st, (ot, olp, oslp) = decode_fn(self.graphdef, self.state, self.pool, st, table, flat,
                                                self.knobs, k_cap=self.k_cap, n_steps=k, attn_impl=self.impl)
     self.stats["decode_calls"] += 1
     new_step, ot, olp, oslp = jax.device_get((st.step, ot, olp, oslp))

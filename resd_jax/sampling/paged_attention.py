@@ -72,3 +72,36 @@ def decode_attention_impl() -> str:
   except ImportError:
     return "xla"
   return "pallas"
+
+
+def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array,
+                            v_pages: jax.Array, flat_pages: jax.Array, page_row: jax.Array, page_first: jax.Array,
+                            *, dtype, layer: jax.Array | int | None = None) -> jax.Array:
+  """Decode attention (T = 1) over the live pages of all rows at once, so a step costs the pages the rows hold
+  (summed), not the batch times its longest row.
+
+  The pages of every row are listed flat: flat_pages [Np] (page ids, trash page = padding), page_row [Np] (the
+  row each belongs to, ascending; padding entries repeat the last row), page_first [Np] (the position of its
+  first token; padding entries a position past every query, so they are masked). Each page attends to its row's
+  query (a [G, page] score block per KV head); the per-page softmax statistics are combined per row with
+  segment reductions (the max, then the rescaled sums), as in split-K "flash decoding".
+  q [B, 1, H, Dh], q_pos / q_valid [B, 1]; k/v_pages as `paged_attention`. Returns [B, 1, H, Dh] float32
+  (rows without valid keys: finite, unspecified).
+  """
+  b, _, h, dh = q.shape
+  kp = k_pages[flat_pages] if layer is None else k_pages[layer, flat_pages]   # [Np, page, KVH, Dh]
+  vp = v_pages[flat_pages] if layer is None else v_pages[layer, flat_pages]
+  n_p, page, kvh = kp.shape[:3]
+  g = h // kvh
+  qp = (q[:, 0] * (dh ** -0.5)).reshape(b, kvh, g, dh)[page_row]             # [Np, KVH, G, Dh]
+  s = _dot("pkgd,pskd->pkgs", qp, kp, dtype)                                  # [Np, KVH, G, page]
+  key_pos = page_first[:, None] + jnp.arange(page)[None, :]                  # [Np, page]
+  allowed = (key_pos <= q_pos[page_row, 0][:, None]) & q_valid[page_row, 0][:, None]
+  s = jnp.where(allowed[:, None, None, :], s, _NEG)
+  seg = dict(num_segments=b, indices_are_sorted=True)
+  row_max = jnp.maximum(jax.ops.segment_max(jnp.max(s, axis=-1), page_row, **seg), _NEG)   # [B, KVH, G]
+  e = jnp.exp(s - row_max[page_row][..., None])                              # [Np, KVH, G, page]
+  denom = jax.ops.segment_sum(jnp.sum(e, axis=-1), page_row, **seg)           # [B, KVH, G]
+  num = jax.ops.segment_sum(_dot("pkgs,pskd->pkgd", e, vp, dtype), page_row, **seg)   # [B, KVH, G, Dh]
+  out = num / jnp.maximum(denom, 1e-30)[..., None]
+  return out.reshape(b, 1, h, dh)

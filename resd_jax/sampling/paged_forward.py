@@ -8,6 +8,7 @@ is an in-place scatter of the new tokens only.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -15,29 +16,49 @@ import jax.numpy as jnp
 
 from resd_jax.models import transformer as tf
 from resd_jax.parallel import sharding as shd
-from resd_jax.sampling.paged_attention import pallas_decode_attention, paged_attention
+from resd_jax.sampling.paged_attention import pallas_decode_attention, paged_attention, ragged_decode_attention
 from resd_jax.sampling.paged_cache import POOL_AXES, TRASH_PAGE, PagePool
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class FlatPages:
+  """The pages of all rows listed flat (decode's ragged layout, see `ragged_decode_attention`)."""
+  pages: jax.Array       # [Np] page ids, row by row (padding: the trash page)
+  row: jax.Array         # [Np] the row of each entry, ascending
+  first: jax.Array       # [Np] position of the page's first token (padding: past every query)
+  row_start: jax.Array   # [B] index in `pages` of each row's first page
+
+
 def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
-                  page_table: jax.Array, *, attn_impl: str = "xla") -> tuple[jax.Array, PagePool]:
-  """tokens / positions / valid [B, T] (valid False: padding, written to the trash page); page_table [B, nb]
-  covering every position in `positions`. Returns final-normed hidden states [B, T, D] float32 and the pool
-  with the new tokens' keys and values written."""
+                  page_table: jax.Array | None = None, *, flat: FlatPages | None = None,
+                  attn_impl: str = "xla") -> tuple[jax.Array, PagePool]:
+  """tokens / positions / valid [B, T] (valid False: padding, written to the trash page); the rows' pages as
+  a page_table [B, nb] covering every position in `positions` (prefill; attention over a span of nb pages per
+  row), or as `flat` (decode, T = 1: attention over the live pages only). Returns final-normed hidden states
+  [B, T, D] float32 and the pool with the new tokens' keys and values written."""
   cfg = model.config
   page = pool.page_size
-  nb = page_table.shape[1]
   valid = valid.astype(bool)
   positions = jnp.where(valid, positions, 0).astype(jnp.int32)
   x = jnp.take(model.embed[...], tokens, axis=0).astype(jnp.float32)      # [B, T, D]
   x = shd.constrain(x, ("batch", None, None))
   cos, sin = tf.rotary_tables(cfg, positions)
-  slot = jnp.clip(positions // page, 0, nb - 1)
-  page_ids = jnp.where(valid, jnp.take_along_axis(page_table, slot, axis=1), TRASH_PAGE)   # [B, T]
+  if flat is None:
+    slot = jnp.clip(positions // page, 0, page_table.shape[1] - 1)
+    page_ids = jnp.take_along_axis(page_table, slot, axis=1)               # [B, T]
+  else:
+    at = jnp.clip(flat.row_start[:, None] + positions // page, 0, flat.pages.shape[0] - 1)
+    page_ids = flat.pages[at]
+  page_ids = jnp.where(valid, page_ids, TRASH_PAGE)
   offsets = positions % page
   cd = jnp.dtype(cfg.compute_dtype)
-  use_pallas = attn_impl == "pallas" and tokens.shape[1] == 1
-  attend_fn = pallas_decode_attention if use_pallas else paged_attention
+  use_pallas = attn_impl == "pallas" and tokens.shape[1] == 1 and page_table is not None
+  if flat is not None:
+    attend_fn = lambda q, pos, m, kp, vp, _, **kw: ragged_decode_attention(  # noqa: E731
+        q, pos, m, kp, vp, flat.pages, flat.row, flat.first, **kw)
+  else:
+    attend_fn = pallas_decode_attention if use_pallas else paged_attention
 
   def layer(x, pk, pv, p, l):
     box = {}

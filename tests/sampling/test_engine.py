@@ -12,7 +12,7 @@ from resd_jax.parallel import make_mesh, state_shardings
 from resd_jax.sampling import SamplingParams, generate
 from resd_jax.sampling import engine as eng
 from resd_jax.sampling.engine import EngineConfig, generate_paged
-from resd_jax.sampling.paged_attention import paged_attention
+from resd_jax.sampling.paged_attention import paged_attention, ragged_decode_attention
 from resd_jax.sampling.paged_cache import PageAllocator, PrefixIndex, bytes_per_page, pages_for_budget
 
 # One engine setting for the model tests, so they share compiled programs: 8-token pages, 4 slots (fewer than
@@ -63,6 +63,31 @@ def test_paged_attention_equals_dense_reference():
         s = k[:n, h // g] @ q[b, i, h].astype(np.float64) / np.sqrt(dh)
         p = np.exp(s - s.max())
         np.testing.assert_allclose(got[b, i, h], (p / p.sum()) @ v[:n, h // g], atol=1e-5)
+
+
+def test_ragged_decode_attention_equals_dense_reference():
+  rng = np.random.default_rng(2)
+  n_pages, page, kvh, g, dh = 12, 4, 2, 2, 8
+  kp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  vp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  own = {0: [5, 2, 9], 1: [], 2: [7, 11]}                            # row 1: an empty slot (no pages)
+  q_pos = np.array([[10], [0], [4]], np.int32)                       # row 0 holds 11 tokens, row 2 holds 5
+  valid = np.array([[True], [False], [True]])
+  flat = [p for r in own for p in own[r]] + [0, 0, 0]                # padded to 8 entries
+  rows = [r for r in own for _ in own[r]] + [2, 2, 2]
+  first = [k * page for r in own for k in range(len(own[r]))] + [1 << 30] * 3
+  q = rng.normal(size=(3, 1, kvh * g, dh)).astype(np.float32)
+  got = np.asarray(ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid, kp, vp)),
+                                           *(jnp.asarray(np.array(x, np.int32)) for x in (flat, rows, first)),
+                                           dtype=jnp.float32))
+  assert np.all(np.isfinite(got))
+  for b in (0, 2):
+    k = np.concatenate([kp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
+    v = np.concatenate([vp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
+    for h in range(kvh * g):
+      s = k[:, h // g] @ q[b, 0, h].astype(np.float64) / np.sqrt(dh)
+      p = np.exp(s - s.max())
+      np.testing.assert_allclose(got[b, 0, h], (p / p.sum()) @ v[:, h // g], atol=1e-5)
 
 
 def test_page_allocator_refcounts_and_prefix_index():
