@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -296,7 +296,8 @@ class _Run:
     self.impl = decode_attention_impl()
     self.admitted = 0
     self.stats = {"prefill_calls": 0, "decode_calls": 0, "preemptions": 0, "shared_pages": 0,
-                  "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0}
+                  "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_s": 0.0,
+                  "decode_s": 0.0, "decode_steps": 0}
 
   # ----- pages
   def _release(self, s: _Seq) -> None:
@@ -391,12 +392,14 @@ class _Run:
       nb = self._span(max(_pages(s.cached + m, self.page) for s, m in zip(rows, lens)))
       table = self._table(rows, r, nb)
       keys = self.row_keys[jnp.asarray(key_rows)]
+      t0 = time.perf_counter()
       self.pool, tok, lp, slp = prefill_fn(
           self.graphdef, self.state, self.pool, self._put(toks), self._put(pos), self._put(valid), self._put(table),
           self._put(last), keys, self._put(steps), self.knobs, k_cap=self.k_cap, attn_impl="xla")
       self.stats["prefill_calls"] += 1
       self.stats["prefill_tokens"] += r * c
       tok, lp, slp = jax.device_get((tok, lp, slp))
+      self.stats["prefill_s"] += time.perf_counter() - t0
       for j, (s, m) in enumerate(zip(rows, lens)):
         s.cached += m
         if self.ec.share_prefixes:
@@ -473,10 +476,13 @@ class _Run:
           False, s.idx
     st = Slots(last=self._put(last), pos=self._put(pos), step=self._put(step), max_new=self._put(max_new),
                done=self._put(done), keys=self.row_keys[jnp.asarray(key_rows)])
+    t0 = time.perf_counter()
     self.pool, st, (ot, olp, oslp) = decode_fn(self.graphdef, self.state, self.pool, st, table, flat,
                                                self.knobs, k_cap=self.k_cap, n_steps=k, attn_impl=self.impl)
     self.stats["decode_calls"] += 1
     new_step, ot, olp, oslp = jax.device_get((st.step, ot, olp, oslp))
+    self.stats["decode_s"] += time.perf_counter() - t0
+    self.stats["decode_steps"] += max(int(new_step[i]) - len(s.gen) for i, s in live)
     for i, s in live:
       cnt = int(new_step[i]) - len(s.gen)
       s.cached += cnt
