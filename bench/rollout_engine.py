@@ -171,12 +171,13 @@ def part_flat(args):
   rng = np.random.default_rng(2)
   prompts = [rng.integers(3, 32768, live).tolist() for _ in range(b)]
   print(f"\n## flat: small preset ({args.dtype}), {b} rows of {live} live tokens, ms per decode step "
-        f"({steps} steps)")
+        f"(engine: {steps} steps per call; static: {args.static_steps})")
   sp = SamplingParams(temperature=0, max_new_tokens=steps + 1)
-  knobs = smp._knobs(sp, cfg.vocab_size)
+  knobs = smp._knobs(sp.replace(max_new_tokens=args.static_steps + 1), cfg.vocab_size)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(0), jnp.arange(b, dtype=jnp.int32))
   toks, mask = np.asarray(prompts, np.int32), np.ones((b, live), bool)
-  for m in (1024, 2048, 4096, 8192, 16384, 32768):
+  sizes = [int(x) for x in args.flat_sizes.split(",")]
+  for m in sizes + sizes[::-1][1:]:     # up and back down: load drift on a shared machine shows as asymmetry
     times = []
     for _ in range(max(args.iters, 1) + 1):
       cache = smp.empty_cache(cfg, b, m)
@@ -200,11 +201,13 @@ def part_flat(args):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--part", default="all", choices=("all", "mixed", "skewed", "flat"))
-  ap.add_argument("--new", type=int, default=64)
+  ap.add_argument("--new", type=int, default=128)
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--max_new", type=int, default=1024)
   ap.add_argument("--max_prompt", type=int, default=1024)
   ap.add_argument("--flat_rows", type=int, default=4)
+  ap.add_argument("--flat_sizes", default="1024,2048,4096,8192,16384,32768")
+  ap.add_argument("--static_steps", type=int, default=4)
   ap.add_argument("--iters", type=int, default=0)
   ap.add_argument("--n", type=int, default=64)
   ap.add_argument("--dtype", default="float32")

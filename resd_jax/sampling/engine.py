@@ -345,8 +345,10 @@ class _Run:
         return
       s = waiting[0]
       full = s.full
+      head = full[:self.page]
       if self.ec.share_prefixes and len(full) > self.page and any(
-          o.state == "prefill" and o.full[:self.page] == full[:self.page] for o in self.slots if o is not None):
+          o.state == "prefill" and (o.prompt[:self.page] if len(o.prompt) >= self.page else o.full[:self.page]) == head
+          for o in self.slots if o is not None):
         return   # a row with the same first page is being prefilled: wait for its pages, then share them
       shared = self.prefix.match(full, len(full) - 1) if self.ec.share_prefixes else []
       need = _pages(len(full), self.page) - len(shared)

@@ -2,8 +2,9 @@
 
 `generate_text(model, tokenizer, conversations, params)` applies the chat template, generates with the
 rollout engine (`engine.py`: paged KV cache, continuous batching over `batch_size` slots, shared prompt
-prefixes) and returns the detokenized responses (special tokens dropped) in the original order. `generate_rollouts` returns the token-level record the
-trainer needs (prompt / response tokens, log-probs, finish reason, truncated flag).
+prefixes) and returns the detokenized responses (special tokens dropped) in the original order.
+`generate_rollouts` returns the token-level record the trainer needs (prompt / response tokens, log-probs,
+finish reason, truncated flag).
 
 Multi-turn: to continue a conversation, append the assistant reply and the new user / environment message
 to its message list and call again. The whole conversation is re-rendered by the chat template and

@@ -216,3 +216,26 @@ def test_sharded_engine_equals_single_device(model):
   with jax.set_mesh(mesh):
     sharded = jax.device_put(state, state_shardings(state, mesh))
     _same(generate_paged((graphdef, sharded), PROMPTS, sp, engine=EC), want)
+
+
+def test_config_block_checked_at_validation():
+  from resd_jax import config_schema as cs
+  from resd_jax.configs import base
+  c = base.get_config("tiny")                                        # 1,024 + 128 tokens per row at most
+  c.engine.num_pages = 50                                            # 49 x 16 = 784 tokens
+  with pytest.raises(cs.ConfigError, match=r"engine.num_pages=50 holds 784 tokens.* at least 73"):
+    cs.check_engine(c)
+  c.engine.num_pages, c.engine.page_size = 0, 24
+  with pytest.raises(cs.ConfigError, match="engine.page_size must be a power of two"):
+    cs.check_engine(c)
+  c.engine.page_size = 16
+  cs.check_engine(c)
+  assert eng.engine_config(c).slots == c.rollout.sample_batch        # slots = 0 takes rollout.sample_batch
+
+
+def test_startup_rejects_a_budget_too_small_for_one_row():
+  cfg = ModelConfig.preset("tiny")
+  ec = EngineConfig(page_size=16, num_pages=0, memory_fraction=1e-9)  # a few bytes of budget
+  with pytest.raises(ValueError, match="raise engine.num_pages .or engine.memory_fraction"):
+    eng.check_startup(cfg, ec, 2048)
+  eng.check_startup(cfg, EngineConfig(page_size=16, num_pages=129), 2048)
