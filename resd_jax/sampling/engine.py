@@ -225,7 +225,8 @@ def generate_paged(model: Any, prompts: Sequence[Sequence[int]], params: Samplin
                    ) -> static.Completions:
   """Sample one completion per prompt with the paged engine. Arguments as `sampler.generate`, plus
   max_new_tokens (one cap per prompt, default params.max_new_tokens for all), engine (EngineConfig) and
-  stats (a dict that receives counters: device calls, preemptions, shared prefix pages, pool pages)."""
+  stats (a dict that receives counters: device calls, preemptions, shared prefix pages, pool pages, seconds).
+  pad_id is accepted for the static sampler's signature and unused (padding never reaches the model here)."""
   if not isinstance(params, SamplingParams):
     raise TypeError(f"generate_paged: params must be a SamplingParams, got {type(params).__name__}")
   if params.stop_strings and decode_text is None:
