@@ -284,10 +284,28 @@ def check_roles(cfg: Any) -> None:
     raise ConfigError(str(e)) from None
 
 
+def check_engine(cfg: Any) -> None:
+  """The rollout engine's block: valid knobs, and an explicit pool that holds one row of the longest prompt +
+  response (a pool sized from free memory is checked against the model when the trainer starts)."""
+  from resd_jax.sampling.engine import EngineConfig, engine_config
+  try:
+    ec = engine_config(cfg)
+  except ValueError as e:
+    raise ConfigError(str(e).replace("EngineConfig: ", "")) from None
+  assert isinstance(ec, EngineConfig)
+  longest = int(cfg.rollout.max_prompt_len) + int(cfg.rollout.max_response_len)
+  if ec.num_pages and -(-longest // ec.page_size) > ec.num_pages - 1:
+    raise ConfigError(f"engine.num_pages={ec.num_pages} holds {(ec.num_pages - 1) * ec.page_size} tokens, less than "
+                      f"one row of rollout.max_prompt_len + rollout.max_response_len = {longest}; raise "
+                      f"--config.engine.num_pages to at least {-(-longest // ec.page_size) + 1} (or 0 to size "
+                      f"the pool from free memory)")
+
+
 def validate(cfg: Any, n_devices: int) -> RunParts:
   """Check the whole config; returns the typed parts. Raises ConfigError (one line, with the fix)."""
   check_keys(cfg)
   check_values(cfg)
+  check_engine(cfg)
   check_batch(cfg, n_devices)
   check_model(cfg)
   check_data(cfg)

@@ -40,6 +40,7 @@ from resd_jax.roles.binding import RoleBindings
 from resd_jax.roles.generators import RoleGenerators
 from resd_jax.sampling import SamplingParams, generate_rollouts
 from resd_jax.tasks.base import Grade
+from resd_jax.sampling import engine as engine_lib
 from resd_jax.train import step as step_lib
 from resd_jax.train.optim import make_optimizer
 from resd_jax.train.state import init_train_state, split_model
@@ -135,6 +136,9 @@ class Trainer:
     self.rules = shd.DEFAULT_RULES
     self.tokenizer = runtime.load_tokenizer(cfg)
     model = runtime.load_model(cfg, self.mesh, self.tokenizer)
+    self.engine = engine_lib.engine_config(cfg)   # the rollout engine; its pool must hold one longest row
+    engine_lib.check_startup(model.config, self.engine,
+                             int(cfg.rollout.max_prompt_len) + int(cfg.rollout.max_response_len))
     self.graphdef, params = split_model(model)
     del model
     self.task = runtime.make_task(cfg, partial_credit=self.kind == "grpo" and bool(cfg.grpo.partial_credit))
@@ -149,7 +153,7 @@ class Trainer:
     # Who writes reflections, tags and playbook edits (docs/roles.md); a local role model is loaded here.
     self.roles = RoleBindings(cfg, roles_from_config(cfg), config_schema.used_roles(cfg), policy_fn=self.policy,
                               tokenizer=self.tokenizer, key_fn=lambda step, call: self.key(CONTEXT, step, call),
-                              mesh=self.mesh, mesh_ctx=self._mesh_ctx)
+                              mesh=self.mesh, mesh_ctx=self._mesh_ctx, engine=self.engine)
     self.cursor = Cursor()
     self.history: dict[str, dict[str, float]] = {}
     self.base_key = jax.random.PRNGKey(int(cfg.seed))
@@ -264,7 +268,7 @@ class Trainer:
     convs = [list(ex.messages) for ex in examples for _ in range(per_prompt)]
     with self._mesh_ctx():
       return generate_rollouts(self.policy(), self.tokenizer, convs, params, key,
-                               self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch))
+                               self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch), self.engine)
 
   def generate_text_fn(self, step: int) -> RoleGenerators:
     """The context engine's generators of this step: one per role (policy, local model or endpoint), each with

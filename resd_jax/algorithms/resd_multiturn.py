@@ -144,7 +144,7 @@ class MultiTurnTrainer(resd.Trainer):
     def sample(convs, turn):
       with self._mesh_ctx():
         return generate_rollouts(self.policy(), self.tokenizer, convs, params, jax.random.fold_in(key, turn),
-                                 self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch))
+                                 self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch), self.engine)
     return sample
 
   def play(self, examples: Sequence[Example], per_prompt: int, params: SamplingParams, key: jax.Array,

@@ -36,6 +36,7 @@ def quiet_library_logs(verbosity_given: bool) -> None:
   for name in _CHATTY:
     logging.getLogger(name).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines of XLA and TensorFlow
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. its note that PyTorch is not installed
 
 
 def verbosity_given() -> bool:

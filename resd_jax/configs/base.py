@@ -187,6 +187,17 @@ def get_base() -> ml_collections.ConfigDict:
   c.grpo.aggregation = "token_mean"  # token_mean (over the whole batch) | seq_mean (tokens, then sequences)
   c.grpo.partial_credit = False  # FiNER: reward = fraction of tags right (the paper's GRPO baseline)
 
+  # Rollout engine (resd_jax/sampling/engine.py, docs/engine.md): paged KV cache, continuous batching, shared
+  # prompt prefixes; used by rollouts, validation, reflection / curation and multi-turn episodes.
+  c.engine = ml_collections.ConfigDict()
+  c.engine.page_size = 16        # tokens per KV page (power of two)
+  c.engine.num_pages = 0         # pool size in pages; 0 = memory_fraction of free device memory (capped at need)
+  c.engine.memory_fraction = 0.5  # share of free device memory for the pool when num_pages = 0
+  c.engine.slots = 0             # rows decoded together; 0 = rollout.sample_batch
+  c.engine.prefill_chunk = 512   # longest prefill piece in tokens (power of two); long prompts prefill in chunks
+  c.engine.decode_steps = 16     # decode steps per device call (admission / freeing between calls)
+  c.engine.share_prefixes = True  # GRPO groups / common system text prefill once and share their pages
+
   # Logging.
   c.metrics = ml_collections.ConfigDict()
   c.metrics.tensorboard = True

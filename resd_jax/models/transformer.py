@@ -126,6 +126,8 @@ class DecoderLayers(nnx.Module):
 def decoder_layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, attn_mask, cache_kv=None, q_start: int = 0):
   """One pre-norm decoder layer. x [B, T, D] float32. Returns (x, (k, v), aux) with k/v [B, T, KVH, Dh].
 
+  cache_kv: None, a dense cache's (k, v, mask), or an attention callable (q, k, v, attn_mask) -> [B, T, H, Dh]
+  float32 that owns its cache (the paged engine's, resd_jax/sampling/paged_forward.py).
   q_start > 0 (no cache): keys and values from all T positions, everything else (queries, attention output,
   MLP) only for positions q_start..T-1, so the returned x is [B, T - q_start, D].
 
@@ -176,6 +178,8 @@ def _attend(cfg: ModelConfig, q, k, v, attn_mask, cache_kv, q_start: int):
     return attention.full_attention(cfg, q, k, v, attn_mask, q_start)
   if q_start:
     raise ValueError("decoder_layer: q_start is for full forwards, not for decoding with a cache")
+  if callable(cache_kv):  # the caller's attention (the paged rollout engine): (q, k, v, mask) -> [B, T, H, Dh]
+    return cache_kv(q, k, v, attn_mask)
   k_old, v_old, old_mask = cache_kv
   return cached_attention(q, k, v, attn_mask, k_old, v_old, old_mask, dtype=jnp.dtype(cfg.compute_dtype))
 

@@ -42,8 +42,11 @@ class RoleBindings:
   def __init__(self, cfg: Any, roles: dict[str, RoleConfig], used: tuple[str, ...], *, policy_fn: Callable[[], Any],
                tokenizer: Any, key_fn: Callable[[int, int], Any], mesh: Any = None,
                mesh_ctx: Callable[[], Any] | None = None,
-               load_local: Callable[[Any, RoleConfig, Any], tuple[Any, Any]] = load_local_model):
+               load_local: Callable[[Any, RoleConfig, Any], tuple[Any, Any]] = load_local_model,
+               engine: Any = None):
+    """engine: the rollout engine's EngineConfig (resd_jax/sampling/engine.py) for model-backed roles."""
     self.cfg, self.roles, self.used = cfg, roles, tuple(r for r in ROLES if r in used)
+    self.engine = engine
     self.policy_fn, self.tokenizer, self.key_fn, self.mesh_ctx = policy_fn, tokenizer, key_fn, mesh_ctx
     self.max_response_len = int(cfg.rollout.max_response_len)
     self.batch_size = int(cfg.rollout.sample_batch)
@@ -78,11 +81,11 @@ class RoleBindings:
       elif rc.backend == "local":
         model, tok = self.local[(rc.model_source, rc.model_path)]
         gens[name] = EngineRole(name, lambda m=model: m, tok, self.sampling(rc), next_key, rc.enable_thinking,
-                                self.batch_size, self._ctx())
+                                self.batch_size, self._ctx(), engine=self.engine)
       else:
         think = rc.enable_thinking if rc.enable_thinking is not None else self.cfg.model.enable_thinking
         gens[name] = EngineRole(name, self.policy_fn, self.tokenizer, self.sampling(rc), next_key, think,
-                                self.batch_size, self._ctx())
+                                self.batch_size, self._ctx(), engine=self.engine)
     return RoleGenerators(gens)
 
   def _ctx(self) -> Callable[[], Any]:

@@ -19,8 +19,9 @@ class EngineRole:
 
   def __init__(self, role: str, model_fn: Callable[[], Any], tokenizer: Any, params: SamplingParams,
                key_fn: Callable[[], Any], enable_thinking: bool | None, batch_size: int,
-               mesh_ctx: Callable[[], Any] = contextlib.nullcontext):
+               mesh_ctx: Callable[[], Any] = contextlib.nullcontext, engine: Any = None):
     self.role, self.model_fn, self.tokenizer, self.params = role, model_fn, tokenizer, params
+    self.engine = engine  # the rollout engine's EngineConfig (None: its defaults)
     self.key_fn, self.enable_thinking, self.batch_size, self.mesh_ctx = key_fn, enable_thinking, batch_size, mesh_ctx
     self._metrics = Metrics()
 
@@ -32,7 +33,7 @@ class EngineRole:
                                                         enable_thinking=self.enable_thinking))
     with self.mesh_ctx():
       rolls = generate_rollouts(self.model_fn(), self.tokenizer, convs, self.params, self.key_fn(),
-                                self.enable_thinking, self.batch_size)
+                                self.enable_thinking, self.batch_size, self.engine)
     texts, p = [], f"role/{self.role}/"
     for ro in rolls:
       text, status = output.answer_of(output.sanitize(ro.text), ro.truncated, opened)

@@ -1,9 +1,10 @@
 """Chat front end of the sampler: conversations in, text (or token-level rollouts) out.
 
-`generate_text(model, tokenizer, conversations, params)` applies the chat template, sorts the prompts by
-length so each batch lands in a tight length bucket, generates, and returns the detokenized responses
-(special tokens dropped) in the original order. `generate_rollouts` returns the token-level record the
-trainer needs (prompt / response tokens, log-probs, finish reason, truncated flag).
+`generate_text(model, tokenizer, conversations, params)` applies the chat template, generates with the
+rollout engine (`engine.py`: paged KV cache, continuous batching over `batch_size` slots, shared prompt
+prefixes) and returns the detokenized responses (special tokens dropped) in the original order.
+`generate_rollouts` returns the token-level record the trainer needs (prompt / response tokens, log-probs,
+finish reason, truncated flag).
 
 Multi-turn: to continue a conversation, append the assistant reply and the new user / environment message
 to its message list and call again. The whole conversation is re-rendered by the chat template and
@@ -21,8 +22,8 @@ from typing import Any, Sequence
 import jax
 
 from resd_jax.models import tokenizer as tk
+from resd_jax.sampling.engine import EngineConfig, generate_paged
 from resd_jax.sampling.params import SamplingParams
-from resd_jax.sampling.sampler import generate
 
 Conversation = Sequence[dict[str, str]]
 
@@ -53,8 +54,15 @@ def _cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str:
 
 def generate_rollouts(model: Any, tokenizer: Any, conversations: Sequence[Conversation], params: SamplingParams,
                       rng: jax.Array | None = None, enable_thinking: bool | None = None,
-                      batch_size: int = 32) -> list[Rollout]:
-  """Sample one response per conversation; results in the order of `conversations`."""
+                      batch_size: int = 32, engine: EngineConfig | None = None,
+                      max_new_tokens: Sequence[int] | None = None) -> list[Rollout]:
+  """Sample one response per conversation; results in the order of `conversations`.
+
+  batch_size: decode slots when `engine` is None (EngineConfig defaults otherwise); engine: the rollout
+  engine's settings (config block `engine.*`, whose `slots` then replaces batch_size); max_new_tokens: an
+  optional cap per conversation (default params.max_new_tokens for all). Conversation i samples with key
+  fold_in(rng, i), whatever slot it runs in.
+  """
   if batch_size < 1:
     raise ValueError(f"generate_rollouts: batch_size must be >= 1, got {batch_size}")
   params = with_default_stops(params, tokenizer)
@@ -62,27 +70,21 @@ def generate_rollouts(model: Any, tokenizer: Any, conversations: Sequence[Conver
              for conv in conversations]
   rng = jax.random.PRNGKey(params.seed) if rng is None else rng
   decode_text = lambda ids: tk.decode(tokenizer, ids)
-  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-  out: list[Rollout | None] = [None] * len(prompts)
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    comp = generate(model, [prompts[i] for i in idx], params, rng, pad_id=tk.pad_token_id(tokenizer),
-                    decode_text=decode_text if params.stop_strings else None, row_ids=idx)
-    for j, i in enumerate(idx):
-      toks = comp.tokens[j]
-      out[i] = Rollout(prompt_tokens=prompts[i], response_tokens=toks, logprobs=comp.logprobs[j],
-                       sampling_logprobs=comp.sampling_logprobs[j], finish_reason=comp.finish_reasons[j],
-                       truncated=comp.finish_reasons[j] == "length",
-                       text=_cut_at_stop_string(decode_text(toks), params.stop_strings))
-  return out  # type: ignore[return-value]
+  comp = generate_paged(model, prompts, params, rng, decode_text=decode_text if params.stop_strings else None,
+                        max_new_tokens=max_new_tokens, engine=engine or EngineConfig(slots=int(batch_size)))
+  return [Rollout(prompt_tokens=prompts[i], response_tokens=toks, logprobs=comp.logprobs[i],
+                  sampling_logprobs=comp.sampling_logprobs[i], finish_reason=comp.finish_reasons[i],
+                  truncated=comp.finish_reasons[i] == "length",
+                  text=_cut_at_stop_string(decode_text(toks), params.stop_strings))
+          for i, toks in enumerate(comp.tokens)]
 
 
 def generate_text(model: Any, tokenizer: Any, conversations: Sequence[Conversation], params: SamplingParams,
-                  rng: jax.Array | None = None, enable_thinking: bool | None = None, batch_size: int = 32
-                  ) -> list[str]:
+                  rng: jax.Array | None = None, enable_thinking: bool | None = None, batch_size: int = 32,
+                  engine: EngineConfig | None = None) -> list[str]:
   """Sample one response per conversation and return the texts, in the order of `conversations`."""
   return [r.text for r in generate_rollouts(model, tokenizer, conversations, params, rng, enable_thinking,
-                                            batch_size)]
+                                            batch_size, engine)]
 
 
 class Sampler:
@@ -94,12 +96,13 @@ class Sampler:
   """
 
   def __init__(self, model: Any, tokenizer: Any, params: SamplingParams | None = None,
-               enable_thinking: bool | None = None, batch_size: int = 32):
+               enable_thinking: bool | None = None, batch_size: int = 32, engine: EngineConfig | None = None):
     self.model = model
     self.tokenizer = tokenizer
     self.params = with_default_stops(params or SamplingParams(), tokenizer)
     self.enable_thinking = enable_thinking
     self.batch_size = int(batch_size)
+    self.engine = engine
     self.calls = 0
 
   def set_weights(self, model: Any) -> None:
@@ -112,7 +115,7 @@ class Sampler:
 
   def rollouts(self, conversations: Sequence[Conversation], params: SamplingParams | None = None) -> list[Rollout]:
     return generate_rollouts(self.model, self.tokenizer, conversations, params or self.params, self._next_key(),
-                             self.enable_thinking, self.batch_size)
+                             self.enable_thinking, self.batch_size, self.engine)
 
   def generate_text(self, conversations: Sequence[Conversation], params: SamplingParams | None = None) -> list[str]:
     return [r.text for r in self.rollouts(conversations, params)]

@@ -1,0 +1,241 @@
+"""Rollout engine: paged attention against a dense float64 reference, the page allocator, and generate_paged
+against the static sampler (same keys: same tokens and log-probs) under continuous batching, chunked prefill,
+preemption, shared prefixes, per-row max_new_tokens, stops, a mesh; compile counts; bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from resd_jax.models import ModelConfig, Transformer
+from resd_jax.parallel import make_mesh, state_shardings
+from resd_jax.sampling import SamplingParams, generate
+from resd_jax.sampling import engine as eng
+from resd_jax.sampling.engine import EngineConfig, generate_paged
+from resd_jax.sampling.paged_attention import paged_attention, ragged_decode_attention
+from resd_jax.sampling.paged_cache import PageAllocator, PrefixIndex, bytes_per_page, pages_for_budget
+
+# One engine setting for the model tests, so they share compiled programs: 8-token pages, 4 slots (fewer than
+# the prompts: rows wait and are admitted as others finish), 16-token prefill chunks (the 40-token prompt
+# prefills in three), 4 decode steps per call.
+EC = EngineConfig(page_size=8, slots=4, prefill_chunk=16, decode_steps=4)
+_rng = np.random.default_rng(0)
+PROMPTS = [[int(x) for x in _rng.integers(1, 512, n)] for n in (5, 17, 30, 40, 3, 11)]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return Transformer(ModelConfig.preset("tiny"), rngs=nnx.Rngs(0))
+
+
+def _same(a, b, atol=1e-4):
+  assert a.tokens == b.tokens
+  assert a.lengths == b.lengths and a.finish_reasons == b.finish_reasons
+  for x, y in zip(a.logprobs, b.logprobs):
+    np.testing.assert_allclose(x, y, atol=atol)
+  for x, y in zip(a.sampling_logprobs, b.sampling_logprobs):
+    np.testing.assert_allclose(x, y, atol=atol)
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def test_paged_attention_equals_dense_reference():
+  rng = np.random.default_rng(1)
+  n_pages, page, kvh, g, dh = 12, 4, 2, 3, 8
+  kp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  vp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  table = np.array([[5, 2, 9, 0], [7, 11, 0, 0]], np.int32)          # row 0: 3 pages, row 1: 2 (0 = trash)
+  lens = [11, 6]                                                     # tokens held per row
+  t = 3                                                              # a 3-token chunk ending at each row's end
+  q = rng.normal(size=(2, t, kvh * g, dh)).astype(np.float32)
+  q_pos = np.array([[l - t + i for i in range(t)] for l in lens], np.int32)
+  valid = np.array([[True] * t, [True, True, False]])                # row 1's last query is padding
+  got = np.asarray(paged_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid), jnp.asarray(kp),
+                                   jnp.asarray(vp), jnp.asarray(table), dtype=jnp.float32))
+  for b in range(2):
+    k = np.concatenate([kp[p] for p in table[b]], 0).astype(np.float64)    # dense [S, KVH, Dh]
+    v = np.concatenate([vp[p] for p in table[b]], 0).astype(np.float64)
+    for i in range(t):
+      if not valid[b, i]:
+        assert np.all(np.isfinite(got[b, i]))
+        continue
+      n = q_pos[b, i] + 1                                            # causal: keys 0..pos
+      for h in range(kvh * g):
+        s = k[:n, h // g] @ q[b, i, h].astype(np.float64) / np.sqrt(dh)
+        p = np.exp(s - s.max())
+        np.testing.assert_allclose(got[b, i, h], (p / p.sum()) @ v[:n, h // g], atol=1e-5)
+
+
+def test_ragged_decode_attention_equals_dense_reference():
+  rng = np.random.default_rng(2)
+  n_pages, page, kvh, g, dh = 12, 4, 2, 2, 8
+  kp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  vp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  own = {0: [5, 2, 9], 1: [], 2: [7, 11]}                            # row 1: an empty slot (no pages)
+  q_pos = np.array([[10], [0], [4]], np.int32)                       # row 0 holds 11 tokens, row 2 holds 5
+  valid = np.array([[True], [False], [True]])
+  flat = [p for r in own for p in own[r]] + [0, 0, 0]                # padded to 8 entries
+  rows = [r for r in own for _ in own[r]] + [2, 2, 2]
+  first = [k * page for r in own for k in range(len(own[r]))] + [1 << 30] * 3
+  q = rng.normal(size=(3, 1, kvh * g, dh)).astype(np.float32)
+  got = np.asarray(ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid, kp, vp)),
+                                           *(jnp.asarray(np.array(x, np.int32)) for x in (flat, rows, first)),
+                                           dtype=jnp.float32))
+  assert np.all(np.isfinite(got))
+  for b in (0, 2):
+    k = np.concatenate([kp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
+    v = np.concatenate([vp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
+    for h in range(kvh * g):
+      s = k[:, h // g] @ q[b, 0, h].astype(np.float64) / np.sqrt(dh)
+      p = np.exp(s - s.max())
+      np.testing.assert_allclose(got[b, 0, h], (p / p.sum()) @ v[:, h // g], atol=1e-5)
+
+
+def test_page_allocator_refcounts_and_prefix_index():
+  a = PageAllocator(6)
+  assert a.capacity == 5 and a.free == 5
+  x = a.alloc(3)
+  assert 0 not in x and a.free == 2
+  a.retain(x[:2])
+  assert a.release(x) == [x[2]] and a.free == 3                     # shared pages stay held
+  assert sorted(a.release(x[:2])) == sorted(x[:2]) and a.free == 5
+  with pytest.raises(RuntimeError, match="release of free page"):
+    a.release([x[0]])
+  with pytest.raises(RuntimeError, match="6 pages asked"):
+    a.alloc(6)
+  idx = PrefixIndex(4)
+  toks = list(range(10))
+  idx.add(toks, [3, 4, 5], 10)                                       # two full pages indexed
+  assert len(idx) == 2
+  assert idx.match(toks, 9) == [3, 4] and idx.match(toks, 7) == [3]
+  assert idx.match([0, 1, 2, 3, 9, 9, 9, 9, 1], 8) == [3]            # diverges in the second page
+  assert idx.match([9] + toks[1:], 9) == []
+  idx.drop([4])
+  assert idx.match(toks, 9) == [3]
+
+
+def test_pool_sizing_from_budget():
+  cfg = ModelConfig.preset("tiny")
+  per = bytes_per_page(cfg, 16)
+  assert per == 2 * cfg.num_layers * 16 * cfg.num_kv_heads * cfg.head_dim * 4
+  assert pages_for_budget(cfg, 10 * per + per // 2, 16) == 10
+
+
+# ------------------------------------------------------------------------------------------------ engine
+def test_greedy_and_sampled_equal_static_sampler(model):
+  for sp in (SamplingParams(temperature=0, max_new_tokens=12),
+             SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=12, seed=3)):
+    stats = {}
+    got = generate_paged(model, PROMPTS, sp, engine=EC, stats=stats)
+    _same(got, generate(model, PROMPTS, sp))
+    assert stats["slots"] == 4 and stats["decode_calls"] > 3
+
+
+def test_per_row_max_new_tokens_and_row_ids(model):
+  sp = SamplingParams(temperature=1.0, max_new_tokens=12, seed=5)
+  caps = [12, 1, 7, 3, 12, 5]
+  ref = generate(model, PROMPTS, sp, row_ids=[10, 11, 12, 13, 14, 15])
+  got = generate_paged(model, PROMPTS, sp, row_ids=[10, 11, 12, 13, 14, 15], max_new_tokens=caps, engine=EC)
+  for i, c in enumerate(caps):                                       # the key schedule is per step: a prefix
+    assert got.tokens[i] == ref.tokens[i][:c] and got.lengths[i] == c
+    np.testing.assert_allclose(got.logprobs[i], ref.logprobs[i][:c], atol=1e-4)
+  assert got.finish_reasons == ["length"] * 6
+  with pytest.raises(ValueError, match="one integer >= 1 per prompt"):
+    generate_paged(model, PROMPTS, sp, max_new_tokens=[3], engine=EC)
+
+
+def test_stop_tokens_and_stop_strings_as_static(model):
+  greedy = SamplingParams(temperature=0, max_new_tokens=12)
+  ref = generate(model, PROMPTS, greedy)
+  stop = next(t for j, t in enumerate(ref.tokens[0]) if j >= 2 and t not in ref.tokens[0][:j])
+  sp = greedy.replace(stop_token_ids=(stop, 7))
+  _same(generate_paged(model, PROMPTS, sp, engine=EC), generate(model, PROMPTS, sp))
+  decode = lambda ids: "".join(chr(97 + i % 26) for i in ids)
+  sp = greedy.replace(stop_strings=(decode(ref.tokens[2][3:5]), decode(ref.tokens[4][6:7])))
+  got = generate_paged(model, PROMPTS, sp, engine=EC, decode_text=decode)
+  _same(got, generate(model, PROMPTS, sp, decode_text=decode))
+  assert "stop" in got.finish_reasons
+
+
+def test_small_pool_waits_and_preempts_without_changing_results(model):
+  sp = SamplingParams(temperature=0.7, max_new_tokens=12, seed=9)
+  stats = {}
+  # 10 usable pages of 8 tokens: the 40-token prompt + 12 new needs 7, so rows wait for pages and running rows
+  # get preempted (and resumed from their own tokens) when they outgrow the pool.
+  small = EngineConfig(page_size=8, slots=4, prefill_chunk=16, decode_steps=4, num_pages=11)
+  got = generate_paged(model, PROMPTS, sp, engine=small, stats=stats)
+  _same(got, generate(model, PROMPTS, sp))
+  assert stats["preemptions"] > 0
+
+
+def test_shared_prefixes_prefill_once_same_results(model):
+  sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=2)
+  system = PROMPTS[3][:32]                                           # 4 full pages of common prefix
+  prompts = [PROMPTS[3]] * 4 + [system + [7, 8, 9], system + PROMPTS[1]]
+  on, off = {}, {}
+  got = generate_paged(model, prompts, sp, engine=EC, stats=on)
+  plain = generate_paged(model, prompts, sp, engine=EngineConfig(**{**EC.__dict__, "share_prefixes": False}),
+                         stats=off)
+  _same(got, generate(model, prompts, sp))
+  _same(plain, got)
+  assert off["shared_pages"] == 0 and on["shared_pages"] >= 3 * 4 + 2 * 4
+  assert on["prefill_tokens"] < off["prefill_tokens"]
+  assert len({tuple(t) for t in got.tokens[:4]}) > 1                 # the group's samples differ (own keys)
+
+
+def test_compile_count_bounded_over_varied_lengths(model):
+  sp = SamplingParams(temperature=0.8, max_new_tokens=10, seed=1)
+  generate_paged(model, PROMPTS, sp, engine=EC)
+  before = eng.compile_counts()
+  rng = np.random.default_rng(3)
+  for trial in range(3):                                             # new lengths, same buckets: no new program
+    prompts = [[int(x) for x in rng.integers(1, 512, n)] for n in rng.integers(1, 41, 7)]
+    generate_paged(model, prompts, sp.replace(seed=trial), engine=EC, max_new_tokens=list(rng.integers(1, 11, 7)))
+  after = eng.compile_counts()
+  # prefill: rows {1, 2, 4} x chunk {16} x span {16 pages}; decode: one span. Nothing grows with the lengths.
+  assert after["decode"] - before["decode"] == 0
+  assert after["prefill"] <= before["prefill"] + 3
+
+
+def test_bad_input_errors(model):
+  tiny_pool = EngineConfig(page_size=8, slots=4, prefill_chunk=16, decode_steps=4, num_pages=4)
+  with pytest.raises(ValueError, match=r"needs 7 pages .* pool holds 3 .* raise engine.num_pages"):
+    generate_paged(model, [PROMPTS[3]], SamplingParams(max_new_tokens=12), engine=tiny_pool)
+  with pytest.raises(ValueError, match="engine.page_size must be a power of two"):
+    EngineConfig(page_size=12)
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    generate_paged(model, [[1], []], SamplingParams(), engine=EC)
+  assert generate_paged(model, [], SamplingParams(), engine=EC).tokens == []
+
+
+@pytest.mark.slow
+def test_sharded_engine_equals_single_device(model):
+  sp = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=8, seed=11)
+  want = generate(model, PROMPTS, sp)
+  graphdef, state = nnx.split(model)
+  mesh = make_mesh(data=2, fsdp=2, tensor=2)                         # slots over data x fsdp, kv heads over tensor
+  with jax.set_mesh(mesh):
+    sharded = jax.device_put(state, state_shardings(state, mesh))
+    _same(generate_paged((graphdef, sharded), PROMPTS, sp, engine=EC), want)
+
+
+def test_config_block_checked_at_validation():
+  from resd_jax import config_schema as cs
+  from resd_jax.configs import base
+  c = base.get_config("tiny")                                        # 1,024 + 128 tokens per row at most
+  c.engine.num_pages = 50                                            # 49 x 16 = 784 tokens
+  with pytest.raises(cs.ConfigError, match=r"engine.num_pages=50 holds 784 tokens.* at least 73"):
+    cs.check_engine(c)
+  c.engine.num_pages, c.engine.page_size = 0, 24
+  with pytest.raises(cs.ConfigError, match="engine.page_size must be a power of two"):
+    cs.check_engine(c)
+  c.engine.page_size = 16
+  cs.check_engine(c)
+  assert eng.engine_config(c).slots == c.rollout.sample_batch        # slots = 0 takes rollout.sample_batch
+
+
+def test_startup_rejects_a_budget_too_small_for_one_row():
+  cfg = ModelConfig.preset("tiny")
+  ec = EngineConfig(page_size=16, num_pages=0, memory_fraction=1e-9)  # a few bytes of budget
+  with pytest.raises(ValueError, match="raise engine.num_pages .or engine.memory_fraction"):
+    eng.check_startup(cfg, ec, 2048)
+  eng.check_startup(cfg, EngineConfig(page_size=16, num_pages=129), 2048)
