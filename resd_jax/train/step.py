@@ -94,7 +94,10 @@ def logprob_diff_metrics(trainer_logp: jax.Array, rollout_logprobs: jax.Array, r
                          ) -> Metrics:
   """Sampler-vs-trainer check: (sum, count) of |rollout - trainer| log-prob over response tokens, and its max
   as a (max, 1) pair. Both log-probs are of the sampled tokens at temperature 1 (trainer_logp [B, R] under
-  stop_gradient). Rows whose rollout log-probs are unknown (all zero: none were recorded) are left out."""
+  stop_gradient). Rows whose rollout log-probs are unknown (all zero: none were recorded) are left out; a batch
+  without rollout log-probs (None) has no check."""
+  if rollout_logprobs is None:
+    return {}
   rollout = rollout_logprobs.astype(jnp.float32)
   known = jnp.any((rollout != 0) & (response_mask > 0), axis=-1, keepdims=True)            # [B, 1]
   live = (response_mask > 0) & known                                                         # [B, R]

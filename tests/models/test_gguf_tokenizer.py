@@ -374,6 +374,8 @@ def _entry_point_imports() -> list[tuple[str, tuple[str, ...]]]:
   found = []
   for name in ("train.py", "generate.py", "evaluate.py"):
     found += _imports_of((REPO / "launch" / name).read_text())
+  for name in ("train.py", "common.py"):  # launch/train.py is a shim over the package's command
+    found += _imports_of((REPO / "resd_jax" / "cli" / name).read_text())
   nb = json.loads((REPO / "notebooks" / "quickstart.ipynb").read_text())
   for cell in nb["cells"]:
     if cell["cell_type"] == "code":
