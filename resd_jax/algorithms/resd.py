@@ -39,8 +39,8 @@ from resd_jax.roles import roles_from_config
 from resd_jax.roles.binding import RoleBindings
 from resd_jax.roles.generators import RoleGenerators
 from resd_jax.sampling import SamplingParams, generate_rollouts
-from resd_jax.tasks.base import Grade
 from resd_jax.sampling import engine as engine_lib
+from resd_jax.tasks.base import Grade
 from resd_jax.train import step as step_lib
 from resd_jax.train.optim import make_optimizer
 from resd_jax.train.state import init_train_state, split_model
