@@ -20,3 +20,15 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
   return SHARED
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """After each test module, drop JAX's compiled programs and traces. The suite compiles hundreds of programs
+  in one process (models, samplers, the rollout engine, train steps); keeping them all made the process grow
+  until an XLA compile late in the run crashed (a segfault in backend_compile_and_load, 2026-12-04), while the
+  same test passed in a fresh process. A module rarely reuses another module's programs, so this costs little."""
+  yield
+  import gc
+  jax.clear_caches()
+  gc.collect()
