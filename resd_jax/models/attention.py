@@ -27,9 +27,9 @@ _F32 = jnp.float32
 BUILTIN = ("blocked", "cudnn", "xla")
 
 
-def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False) -> jax.Array:
+def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False, w_cast=None) -> jax.Array:
   """einsum with inputs in the compute dtype and float32 accumulation/output (backward too: see matmul.py)."""
-  return mixed_einsum(eq, x, w, dtype, batched)
+  return mixed_einsum(eq, x, w, dtype, batched, w_cast)
 
 
 

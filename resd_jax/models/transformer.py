@@ -19,19 +19,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resd_jax.models import attention
-from resd_jax.models.attention import attention_impl, cached_attention, causal_attention  # noqa: F401 (re-exported)
+from resd_jax.models.attention import _dot, attention_impl, cached_attention, causal_attention  # noqa: F401 (re-exported)
 from resd_jax.models import lora
 from resd_jax.models.config import ModelConfig
 from resd_jax.models.kv_cache import KVCache
-from resd_jax.models.matmul import mixed_einsum
 from resd_jax.parallel import sharding as shd
 
 _F32 = jnp.float32
-
-
-def _dot(eq: str, x: jax.Array, w: jax.Array, dtype, batched: bool = False, w_cast=None) -> jax.Array:
-  """einsum with inputs in the compute dtype and float32 accumulation/output (backward too: see matmul.py)."""
-  return mixed_einsum(eq, x, w, dtype, batched, w_cast)
 
 
 def _proj(cfg: ModelConfig, eq: str, x: jax.Array, p: dict[str, jax.Array], name: str) -> jax.Array:
