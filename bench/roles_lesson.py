@@ -203,7 +203,7 @@ def context_probe(args):
   own greedy answer) and RESD's (the playbook lesson, the scripted reflection, the feedback and the attempt)."""
   import jax
   import numpy as np
-  from resd_jax.algorithms import resd
+  from resd_jax import loop as resd
   from resd_jax.context import ContextConfig, ContextUpdater, GradedSample, TeacherContextConfig
   from resd_jax.context.teacher_context import build_teacher_context
   from resd_jax.sampling import SamplingParams, generate_rollouts
@@ -236,7 +236,7 @@ def context_probe(args):
 
 
 def run_arm(args, arm, seed, out):
-  from resd_jax.algorithms import resd
+  from resd_jax import loop as resd
   algorithm = {"resd": "resd", "sdpo": "sdpo", "none": "resd"}[arm]
 
   class BenchTrainer(resd.Trainer):

@@ -25,16 +25,14 @@ def main(argv):
   del argv
   import jax
   from resd_jax import config_schema
-  from resd_jax.algorithms.resd import evaluate_checkpoint
+  from resd_jax.loop import evaluate_checkpoint
   cfg = _CONFIG.value
-  if cfg.task.name == "alfworld":  # multi-turn episodes
-    from resd_jax.algorithms.resd_multiturn import evaluate_checkpoint
   cfg.workdir = _WORKDIR.value
   try:
-    config_schema.validate(cfg, jax.device_count())
+    run = config_schema.validate(cfg, jax.device_count())
   except config_schema.ConfigError as e:
     sys.exit(f"config error: {e}")
-  step, metrics = evaluate_checkpoint(cfg, _WORKDIR.value, _STEP.value)
+  step, metrics = evaluate_checkpoint(run, _WORKDIR.value, _STEP.value)
   if jax.process_index() == 0:
     result = {"step": step, **metrics}
     print(json.dumps(result, indent=2, sort_keys=True))

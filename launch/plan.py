@@ -99,9 +99,9 @@ def main() -> None:
   if args.config:
     from resd_jax import config_schema  # noqa: PLC0415
     cfg = _load_config(args.config)
-    parts = config_schema.build_parts(cfg, args.devices)
-    step_cfg = parts.step
-    shape = parts.batch_shape
+    run = config_schema.as_run(cfg)
+    step_cfg = run.step_config()
+    shape = run.batch_shape(config_schema.rows_per_step(run))
     ps = args.prompt_len or shape.max_prompt_len
     pt = args.teacher_prompt_len or shape.max_teacher_prompt_len
     r = args.response_len or shape.max_response_len

@@ -33,7 +33,8 @@ class Backend:
     top_k: (x [..., V] float32, k) -> ids [..., k]).
   auto: whether `auto` picks it for these arguments here (attention: a ModelConfig; top_k: x, k), e.g. the right
     backend and dtype and a kernel that built.
-  config_error: why a configuration that names it explicitly cannot use it (a ModelConfig; None if it can).
+  config_error: why (compute_dtype, head_dim) cannot use it when a config names it (None if they can; head_dim
+    None when the model is not loaded yet).
   runtime_error: why it cannot run here now (e.g. not the CPU, or a multi-device mesh; None if it can).
   """
   kind: str

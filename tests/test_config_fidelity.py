@@ -13,8 +13,14 @@ def load(name, variant=""):
 
 
 def _parts(c, algorithm="resd"):
+  """The typed configs a run of `algorithm` gets (step, context engine, teacher context)."""
+  import types
+  from resd_jax import algorithms
   c.algorithm = algorithm
-  return cs.build_parts(c, n_devices=8)
+  run = cs.as_run(c)
+  algo = algorithms.get(algorithm)
+  return types.SimpleNamespace(step=run.step_config(), context=algo.context_config(run),
+                               teacher_context=algo.teacher_context(run))
 
 
 @pytest.mark.parametrize("name,variant", TASKS)

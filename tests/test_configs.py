@@ -35,9 +35,10 @@ def _with_model(c, tmp_path):
 @pytest.mark.parametrize("name,variant", [(n, v) for n, vs in FILES.items() for v in vs])
 def test_every_config_loads_and_validates(name, variant, tmp_path):
   c = _with_model(load(name, variant), tmp_path)
-  parts = cs.validate(c, n_devices=8)
-  assert parts.batch_shape.batch_size == c.rollout.batch_prompts * c.rollout.samples_per_prompt
-  assert parts.step.distill.top_k == c.distill.top_k
+  run = cs.validate(c, n_devices=8)
+  turns = c.env.max_steps if name == "alfworld" else 1
+  assert cs.rows_per_step(run) == c.rollout.batch_prompts * c.rollout.samples_per_prompt * turns
+  assert run.step_config().distill.top_k == c.distill.top_k
 
 
 def test_paper_settings():
@@ -102,13 +103,13 @@ def test_missing_model_and_data_paths(tmp_path):
   for key, bad in (("remat", "fast"), ("attn_impl", "flash"), ("attn_head_loop", "yes"), ("compute_dtype", "fp8")):
     c = load("manufactoria", "tiny")
     c.model[key] = bad
-    _one_line_error(c, rf"model.{key}='{bad}' is not one of .*--config.model.{key}")
+    _one_line_error(c, rf"model.{key}='{bad}'; expected one of .*fix --config.model.{key}")
   c = load("manufactoria", "tiny")
   c.model.attn_impl, c.model.compute_dtype = "cudnn", "float32"
-  _one_line_error(c, "attn_impl='cudnn' needs --config.model.compute_dtype=bfloat16")
+  _one_line_error(c, "model.attn_impl='cudnn' needs compute_dtype bfloat16 or float16.*--config.model.compute_dtype")
   c = load("manufactoria", "tiny")
   c.model.attn_impl, c.model.compute_dtype = "cpu_fused", "float32"
-  _one_line_error(c, "attn_impl='cpu_fused' needs --config.model.compute_dtype=bfloat16")
+  _one_line_error(c, "model.attn_impl='cpu_fused' needs compute_dtype bfloat16.*--config.model.attn_impl")
 
 
 def test_typed_config_errors_are_one_line():

@@ -1,6 +1,5 @@
 """Run-level fidelity switches, each both ways (docs/FIDELITY.md): GRPO's std and aggregation, the last partial
 outer batch, best@n exact vs bootstrap, and the checkpoint kept as best (mean@n metric vs the rank rule)."""
-import types
 
 import jax.numpy as jnp
 import ml_collections
@@ -9,7 +8,7 @@ import pytest
 
 from resd_jax import checkpointing as ck
 from resd_jax import evaluation as ev
-from resd_jax.algorithms import resd
+from resd_jax.loop import outer_batches
 from resd_jax.rl import grpo
 
 
@@ -37,17 +36,14 @@ def test_grpo_aggregation_token_vs_sequence_mean():
 
 @pytest.mark.parametrize("drop_last,sizes", [(False, [3, 3, 1]), (True, [3, 3])])
 def test_last_partial_outer_batch(drop_last, sizes):
-  cfg = ml_collections.ConfigDict({"rollout": {"batch_prompts": 3}, "data": {"drop_last": drop_last}})
-  fake = types.SimpleNamespace(cfg=cfg, data=types.SimpleNamespace(train=list(range(7))))
-  batches = resd.Trainer.outer_batches(fake)
+  batches = outer_batches(list(range(7)), 3, drop_last)
   assert [len(b) for b in batches] == sizes
   assert sum(batches, []) == list(range(sum(sizes)))  # file order, nothing repeated
-  fake.data.train = [0, 1]
   if drop_last:
     with pytest.raises(ValueError, match="drop_last leaves no outer batch"):
-      resd.Trainer.outer_batches(fake)
+      outer_batches([0, 1], 3, drop_last)
   else:
-    assert resd.Trainer.outer_batches(fake) == [[0, 1]]
+    assert outer_batches([0, 1], 3, drop_last) == [[0, 1]]
 
 
 def test_best_at_n_exact_and_bootstrap():

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent('''
     assert "site-packages" in resd_jax.__file__, resd_jax.__file__       # the wheel, not a checkout
     assert importlib.util.find_spec("torch") is None, "torch must not be installed by the base install"
     from resd_jax import config_schema, configs
-    from resd_jax.algorithms.resd import train
+    from resd_jax.loop import train
     cfg = configs.load("manufactoria:tiny")
     cfg.model.source, cfg.model.preset = "preset", "tiny"      # random weights over the embedded vocabulary
     cfg.data.train_limit, cfg.data.test_limit = 2, 1

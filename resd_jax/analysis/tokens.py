@@ -225,7 +225,7 @@ def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, tempera
   step = int(trainer.cursor.step) + 1
   params = SamplingParams(temperature=temperature,
                           max_new_tokens=int(max_new_tokens or trainer.cfg.rollout.max_response_len))
-  (ro,) = trainer.rollouts([example], 1, params, jax.random.PRNGKey(seed))
+  (ro,) = trainer.generate([list(example.messages)], params, jax.random.PRNGKey(seed))
   grade = trainer.task.grade(example, ro.text, truncated=ro.truncated)
   sample = GradedSample(example, ro.text, list(ro.response_tokens), list(ro.logprobs), grade, ro.truncated)
   updater = ContextUpdater(trainer.updater.config, seed)
@@ -239,8 +239,8 @@ def inspect_rollout(trainer: Any, example: Any = None, *, seed: int = 1, tempera
   teacher = nnx.merge(trainer.graphdef, teacher_params) if teacher_params is not None else None
   with trainer_mesh(trainer):
     tokens, kl, context = sample_kl(trainer.policy(), trainer.tokenizer, sample, result.reflections[0],
-                                    updater.playbook, trainer.parts.teacher_context, teacher_model=teacher,
+                                    updater.playbook, trainer.teacher_context, teacher_model=teacher,
                                     solution=result.solutions_before[0],
-                                    max_teacher_prompt_len=trainer.parts.batch_shape.max_teacher_prompt_len)
+                                    max_teacher_prompt_len=trainer.batch_shape.max_teacher_prompt_len)
   return Inspection(sample, result.reflections[0], Playbook.from_dict(trainer.updater.playbook.to_dict()),
                     updater.playbook, dict(result.metrics), tuple(context.slots), tokens, kl, raw_outputs)

@@ -47,13 +47,3 @@ def verbosity_given() -> bool:
 def fail(message: str) -> "NoReturn":  # noqa: F821
   """Exit with one line on stderr."""
   sys.exit(" ".join(str(message).split()))
-
-
-def check_output_dir(path: str, what: str = "--workdir") -> None:
-  """One line (and exit) when `path` cannot be a run directory: an existing file, a file on the way there, or a
-  folder that is not writable. Called before anything expensive happens."""
-  from resd_jax.config_schema import ConfigError, check_workdir
-  try:
-    check_workdir(path, what)
-  except ConfigError as e:
-    fail(f"config error: {e}")

@@ -34,8 +34,7 @@ def main(argv):
   workdir = _WORKDIR.value or cfg.workdir
   if not workdir:
     common.fail("error: no run directory; pass --workdir=<dir> (checkpoints, metrics and playbooks go there)")
-  common.check_output_dir(workdir)
-  cfg.workdir = workdir
+  cfg.workdir = workdir  # checked with the config (config_schema.check_workdir), before any model loads
   import jax
   from resd_jax import config_schema
   from resd_jax.parallel.mesh import DistributedInitError, maybe_initialize_distributed
@@ -44,7 +43,7 @@ def main(argv):
   except DistributedInitError as e:
     common.fail(f"error: {e}")
   try:
-    config_schema.validate(cfg, jax.device_count())
+    run = config_schema.validate(cfg, jax.device_count())  # once; the trainer takes the typed result
   except config_schema.ConfigError as e:
     common.fail(f"config error: {e}")
   main_process = jax.process_index() == 0
@@ -53,10 +52,8 @@ def main(argv):
     print(f"\nrun directory: {os.path.abspath(workdir)}", flush=True)
   if main_process:
     print("loading the model, tokenizer, task and data ...", flush=True)
-  from resd_jax.algorithms.resd import train
-  if cfg.task.name == "alfworld":  # multi-turn episodes
-    from resd_jax.algorithms.resd_multiturn import train
-  summary = train(cfg, workdir)
+  from resd_jax.loop import train
+  summary = train(run, workdir)
   if main_process:
     print(f"\n{summary.status} at step {summary.step}")
     print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (steps {summary.checkpoint_steps})")

@@ -1,7 +1,9 @@
 """Every default of a training run, documented. Task files (`manufactoria.py`, `bouncingsim.py`, `finer.py`)
 start from `get_base()` and set the paper's values. Use as `--config=configs/<task>.py[:variant]` and
-override any field with `--config.a.b=value`. The resolved config is validated by
-`resd_jax.config_schema.validate` (unknown keys, shapes that do not divide the mesh, missing paths).
+override any field with `--config.a.b=value`. The resolved config is read into the typed
+`resd_jax.run_config.RunConfig` and checked by `resd_jax.config_schema.validate` (unknown keys, types, shapes
+that do not divide the mesh, missing paths). This file is the one place defaults live: task configs list only
+what they change.
 """
 from __future__ import annotations
 

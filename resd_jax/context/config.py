@@ -35,10 +35,10 @@ class ContextConfig:
   max_*_chars: caps on every piece of text that enters a prompt or the playbook.
   """
   prune_method: str = "staleness"
-  prune_every: int = 0
+  prune_every: int = 4
   prune_every_counts: str = "started"
   prune_keep_recent_harmful: bool = True
-  max_entries: int = 100
+  max_entries: int = 200
   max_playbook_tokens: int = 4096
   budget_eviction: bool = True
   curation_extensions: bool = False

@@ -31,7 +31,7 @@ KINDS = ("frozen", "ema", "current", "trust_region")
 class TeacherConfig:
   """Which teacher and its rate r (EMA rate or trust-region interpolation)."""
   kind: str = "ema"
-  rate: float = 0.05
+  rate: float = 1e-4
 
   def __post_init__(self):
     if self.kind not in KINDS:

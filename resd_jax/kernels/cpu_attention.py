@@ -85,12 +85,13 @@ def cpu_causal_attention(q, k, v, kv_mask, *, q_offset: int = 0, march: str = "n
   return out.reshape(b, tq, h, dh)
 
 
-def _config_error(cfg) -> str | None:
-  if supports(cfg.head_dim, cfg.compute_dtype):
+def _config_error(compute_dtype: str, head_dim: int | None) -> str | None:
+  """head_dim None: not known yet (the run config is checked before the model loads)."""
+  if supports(HEAD_DIMS[0] if head_dim is None else head_dim, compute_dtype):
     return None
   dims = ", ".join(map(str, HEAD_DIMS[:-1])) + f" or {HEAD_DIMS[-1]}"
-  return (f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim {dims} (got {cfg.compute_dtype}, "
-          f"{cfg.head_dim}); use attn_impl='auto' or 'blocked'")
+  return (f"attn_impl='cpu_fused' needs compute_dtype bfloat16 and head_dim {dims} (got {compute_dtype}, "
+          f"{head_dim or 'head_dim not known yet'}); use attn_impl='auto' or 'blocked'")
 
 
 def _runtime_error(cfg) -> str | None:

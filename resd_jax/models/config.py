@@ -23,6 +23,20 @@ def numerics_choices() -> dict[str, tuple[str, ...]]:
   attn = _ATTN_BUILTIN + tuple(b.name for b in backends.of_kind("attention"))
   return {"param_dtype": _DTYPES, "compute_dtype": _DTYPES, "remat": _REMAT, "attn_impl": attn,
           "attn_head_loop": _SWITCH}
+
+
+def numerics_error(values: Any, head_dim: int | None = None) -> tuple[str, str] | None:
+  """(field, reason) of the first numerics rule `values` breaks, else None. The one rule list of both
+  `ModelConfig` and the run config (which checks before the model, so without its head_dim). values: an object
+  with the numerics fields as attributes (a ModelConfig, or the run config's `model` section)."""
+  for name, allowed in numerics_choices().items():
+    if getattr(values, name) not in allowed:
+      return name, f"{name}={getattr(values, name)!r}; expected one of {allowed}"
+  if values.attn_impl == "cudnn" and values.compute_dtype == "float32":
+    return "compute_dtype", "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)"
+  optional = backends.get("attention", values.attn_impl)
+  error = optional.config_error(values.compute_dtype, head_dim) if optional is not None else None
+  return ("attn_impl", error) if error else None
 _ARCHS = ("qwen3", "qwen3_moe", "qwen2", "llama")
 
 
@@ -94,13 +108,8 @@ class ModelConfig:
          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     need(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-    for name, allowed in numerics_choices().items():
-      need(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}; expected one of {allowed}")
-    need(self.attn_impl != "cudnn" or self.compute_dtype != "float32",
-         "attn_impl='cudnn' needs compute_dtype bfloat16 or float16 (the fused kernel has no float32 path)")
-    optional = backends.get("attention", self.attn_impl)
-    error = optional.config_error(self) if optional is not None else None
-    need(error is None, error)
+    error = numerics_error(self, self.head_dim)
+    need(error is None, error and error[1])
     if self.lora_rank:
       from resd_jax.models.lora import TARGETS  # noqa: PLC0415
       need(self.lora_rank > 0 and self.lora_alpha > 0, "lora_rank and lora_alpha must be > 0")

@@ -7,7 +7,6 @@ shared by all roles (the calls happen in a fixed order: reflector, tagger, curat
 """
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any, Callable
 
@@ -20,20 +19,17 @@ from resd_jax.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 
-def load_local_model(cfg: Any, rc: RoleConfig, mesh: Any) -> tuple[Any, Any]:
-  """(model, tokenizer) of a local role: the run's model loader on a copy of the config whose `model` block
-  points at the role's model (same dtypes, same mesh and sharding rules as the policy)."""
-  from resd_jax.algorithms import runtime  # noqa: PLC0415
-  c = copy.deepcopy(cfg)
-  c.model.source = rc.model_source
-  c.model.tokenizer = ""
-  if rc.model_source == "preset":
-    c.model.preset, c.model.path = rc.model_path, ""
-    c.seed = int(cfg.seed) + 1  # a different random model than a preset policy
+def load_local_model(run: Any, rc: RoleConfig, mesh: Any) -> tuple[Any, Any]:
+  """(model, tokenizer) of a local role: the run's model loader on a copy of the run config whose `model`
+  section points at the role's model (same dtypes, same mesh and sharding rules as the policy; no LoRA)."""
+  from resd_jax.loop import setup  # noqa: PLC0415
+  if rc.model_source == "preset":  # a different random model than a preset policy
+    model = dict(source="preset", preset=rc.model_path, path="", tokenizer="")
+    c = run.with_(model=model, lora=dict(enabled=False), seed=run.seed + 1)
   else:
-    c.model.path = rc.model_path
-  tokenizer = runtime.load_tokenizer(c)
-  return runtime.load_model(c, mesh, tokenizer), tokenizer
+    c = run.with_(model=dict(source=rc.model_source, path=rc.model_path, tokenizer=""), lora=dict(enabled=False))
+  tokenizer = setup.load_tokenizer(c)
+  return setup.load_model(c, mesh, tokenizer), tokenizer
 
 
 class RoleBindings:
@@ -45,6 +41,8 @@ class RoleBindings:
                load_local: Callable[[Any, RoleConfig, Any], tuple[Any, Any]] = load_local_model,
                engine: Any = None):
     """engine: the rollout engine's EngineConfig (resd_jax/sampling/engine.py) for model-backed roles."""
+    from resd_jax.config_schema import as_run  # noqa: PLC0415
+    cfg = as_run(cfg)  # the typed run config (a ConfigDict is read here)
     self.cfg, self.roles, self.used = cfg, roles, tuple(r for r in ROLES if r in used)
     self.engine = engine
     self.policy_fn, self.tokenizer, self.key_fn, self.mesh_ctx = policy_fn, tokenizer, key_fn, mesh_ctx
@@ -94,8 +92,7 @@ class RoleBindings:
 
   def describe(self) -> dict[str, dict[str, Any]]:
     """Which model plays each role (no secrets); roles the run never calls are marked unused."""
-    m = self.cfg.model
-    policy = f"{m.source}:{m.path or m.preset}" if (m.path or m.preset) else str(m.source)
+    policy = self.cfg.model.describe()
     return {name: {**self.roles[name].describe(policy), "used": name in self.used} for name in ROLES}
 
 

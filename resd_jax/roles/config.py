@@ -121,15 +121,7 @@ class RoleConfig:
 
 
 def roles_from_config(cfg: Any) -> dict[str, RoleConfig]:
-  """RoleConfigs from the run config's `roles` block (raises ValueError, one line, on a bad value)."""
-  out = {}
-  for name in ROLES:
-    r = cfg.roles[name]
-    think = r.enable_thinking
-    out[name] = RoleConfig(
-      name=name, backend=str(r.backend), model_source=str(r.model_source), model_path=str(r.model_path),
-      base_url=str(r.base_url), model=str(r.model), api_key_env=str(r.api_key_env), timeout_s=float(r.timeout_s),
-      max_retries=int(r.max_retries), max_concurrency=int(r.max_concurrency), temperature=float(r.temperature),
-      top_p=float(r.top_p), max_new_tokens=int(r.max_new_tokens),
-      enable_thinking=None if think is None else bool(think))
-  return out
+  """RoleConfigs of a run config's `roles` section (a ConfigDict or a RunConfig; ValueError, one line, on a bad
+  value)."""
+  from resd_jax.config_schema import as_run  # noqa: PLC0415
+  return as_run(cfg).role_configs()

@@ -70,6 +70,33 @@ class Env(Protocol):
   def step(self, action_text: str) -> tuple[str, float, bool, dict[str, Any]]: ...
 
 
+class RunTask:
+  """What a registered task tells the training loop, with the defaults of a single-turn task. Tasks inherit it.
+
+  from_run(run, **options): the task built from the typed run config (`resd_jax.run_config.RunConfig`); the
+    task reads its own keys here, so the loop never names a task. options come from the algorithm
+    (`Algorithm.task_options`, e.g. GRPO's partial credit) and may be ignored.
+  check_run(run): the task's own config rules (one-line `ConfigError`), run once by `config_schema.validate`.
+  multi_turn: episodes through `make_envs()` (the loop's multi-turn interaction) instead of single responses.
+  turns_per_sample(run): train rows one sample can fill (multi-turn: one row per assistant turn).
+  needs_data: no generator, so `data.train_path` and `data.test_path` are required.
+  """
+  multi_turn: bool = False
+  needs_data: bool = False
+
+  @classmethod
+  def from_run(cls, run: Any, **options: Any) -> Any:
+    return cls()
+
+  @classmethod
+  def check_run(cls, run: Any) -> None:
+    return None
+
+  @classmethod
+  def turns_per_sample(cls, run: Any) -> int:
+    return 1
+
+
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
 
@@ -78,9 +105,25 @@ def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
   def wrap(factory):
     if name in _REGISTRY and _REGISTRY[name] is not factory:
       raise ValueError(f"task {name!r} is registered twice")
+    _with_run_hooks(factory)
     _REGISTRY[name] = factory
     return factory
   return wrap
+
+
+def _with_run_hooks(factory: Any) -> None:
+  """A task that does not inherit `RunTask` gets its defaults (a single-turn task built with no arguments)."""
+  for attr in ("multi_turn", "needs_data", "from_run", "check_run", "turns_per_sample"):
+    if hasattr(factory, attr):
+      continue
+    if isinstance(factory, type):
+      setattr(factory, attr, RunTask.__dict__[attr])
+    elif attr == "from_run":
+      setattr(factory, attr, lambda run, **options: factory())
+    elif attr in ("multi_turn", "needs_data"):
+      setattr(factory, attr, False)
+    else:
+      setattr(factory, attr, (lambda run: None) if attr == "check_run" else (lambda run: 1))
 
 
 def make(name: str, **kwargs) -> Any:
@@ -89,6 +132,14 @@ def make(name: str, **kwargs) -> Any:
   if name not in _REGISTRY:
     raise ValueError(f"unknown task {name!r}; known tasks: {sorted(_REGISTRY)}")
   return _REGISTRY[name](**kwargs)
+
+
+def task_class(name: str) -> type:
+  """The registered class of task `name` (its `RunTask` hooks: from_run, check_run, multi_turn, ...)."""
+  _import_builtin_tasks()
+  if name not in _REGISTRY:
+    raise ValueError(f"task.name={name!r} is not a registered task; known tasks: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
 
 
 def registered() -> list[str]:

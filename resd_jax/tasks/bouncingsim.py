@@ -28,7 +28,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from resd_jax.tasks import data, sandbox
-from resd_jax.tasks.base import FEEDBACK_CAP, Example, Grade, register
+from resd_jax.tasks.base import FEEDBACK_CAP, Example, Grade, RunTask, register
 from resd_jax.tasks.text_utils import cap, debug_section, hard_cut, last_python_block
 
 ASSERT_RE = re.compile(
@@ -276,7 +276,7 @@ def example_from_row(row: dict[str, Any], split: str) -> Example:
 
 
 @register("bouncingsim")
-class BouncingSimTask:
+class BouncingSimTask(RunTask):
   """BouncingSim-MULTIOBJ. Data comes from `train_path` / `test_path` (public HF rows or our generated JSONL) or
   from `examples`; without either, scenes are generated with the physics extra (`generate` = rows per split).
 
@@ -285,6 +285,20 @@ class BouncingSimTask:
     programs (strict isolation) unless `limits.hide_paths` is set. workers: tests run in parallel.
   """
   name = "bouncingsim"
+
+  @classmethod
+  def check_run(cls, run):
+    if run.task.level not in ("", "easy", "medium"):
+      from resd_jax.run_config import ConfigError
+      raise ConfigError(f"task.level={run.task.level!r}: bouncingsim needs easy or medium "
+                        f"(use --config=configs/bouncingsim.py:easy)")
+
+  @classmethod
+  def from_run(cls, run, **options):
+    """data.*_path (else generated scenes of task.level, default easy, seeded by the run's seed)."""
+    d = run.data
+    return cls(train_path=d.train_path or None, test_path=d.test_path or None, level=run.task.level or "easy",
+               seed=run.seed)
 
   def __init__(self, train_path: str | None = None, test_path: str | None = None, *, level: str = "easy",
                generate: tuple[int, int] = (64, 16), seed: int = 0, sparse: bool = True,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from resd_jax.tasks.base import FEEDBACK_CAP, Example, Grade, register
+from resd_jax.tasks.base import FEEDBACK_CAP, Example, Grade, RunTask, register
 from resd_jax.tasks.text_utils import last_tagged, strip_reasoning
 
 SPLITS = ("train", "test")
@@ -98,16 +98,27 @@ def example_from_row(row: dict[str, Any], index: int, split: str) -> Example:
 
 
 @register("finer")
-class FinerTask:
+class FinerTask(RunTask):
   """FiNER. `train_path` / `test_path`: ACE JSONL (or parquet) files; `examples` overrides both.
 
   partial_credit: reward = fraction of tags right (the GRPO baseline); default reward = 1.0 iff all are right.
   """
   name = "finer"
+  needs_data = True
+
+  @classmethod
+  def from_run(cls, run, *, partial_credit: bool = False, **options):
+    """data.train_path / data.test_path (required). One file for both (the `:tiny` variant) validates on the
+    rows after the first data.train_limit."""
+    d = run.data
+    skip = d.train_limit if d.train_path == d.test_path else 0
+    return cls(train_path=d.train_path, test_path=d.test_path, partial_credit=partial_credit, skip_test_rows=skip)
 
   def __init__(self, train_path: str | None = None, test_path: str | None = None, *, partial_credit: bool = False,
-               examples: dict[str, list[Example]] | None = None):
+               examples: dict[str, list[Example]] | None = None, skip_test_rows: int = 0):
+    """skip_test_rows: leave out the first rows of the test split (when it is the training file)."""
     self.paths = {"train": train_path, "test": test_path}
+    self.skip_test_rows = int(skip_test_rows)
     self.partial_credit = bool(partial_credit)
     self._examples = dict(examples) if examples is not None else {}
 
@@ -117,7 +128,7 @@ class FinerTask:
     if split not in self._examples:
       from resd_jax.tasks import data
       self._examples[split] = list(data.load_finer(self.paths[split], split))
-    yield from self._examples[split]
+    yield from self._examples[split][self.skip_test_rows if split == "test" else 0:]
 
   def grade(self, example: Example, response_text: str, *, truncated: bool = False) -> Grade:
     return grade_response(response_text, example.meta["gold"], truncated=truncated,

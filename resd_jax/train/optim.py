@@ -18,7 +18,7 @@ class OptimConfig:
   eps: float = 1e-8
   weight_decay: float = 0.01
   clip_norm: float = 1.0        # global-norm clip; 0 disables
-  warmup_steps: int = 0         # linear warm-up from 0 over this many steps
+  warmup_steps: int = 10        # linear warm-up from 0 over this many steps
   schedule: str = "constant"    # after warm-up: constant | cosine
   total_steps: int = 0          # cosine: decay ends here (warm-up included); required for cosine
   min_lr_ratio: float = 0.0     # cosine: final learning rate / peak

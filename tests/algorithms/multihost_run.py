@@ -73,7 +73,7 @@ def main(argv):
   import numpy as np
   from flax import nnx
 
-  from resd_jax.algorithms import resd
+  from resd_jax import loop as resd
   from resd_jax.parallel import placement
   from tiny_run import tiny_config  # registers the tiny_words task
   register_parity_task()

@@ -1,7 +1,6 @@
 """`launch/train.py --config=configs/alfworld.py:tiny` end to end on CPU: 2 optimizer steps of multi-turn RESD on
 generated games with the tiny random-weight model (embedded tokenizer), in its own process. Checks the run
 writes a checkpoint, a playbook and metrics with per-turn distillation rows and per-split validation."""
-import json
 import os
 import pathlib
 import re

@@ -68,7 +68,7 @@ def main(argv):
   workdir, algorithm = argv[1], argv[2]
   overrides = json.loads(argv[3]) if len(argv) > 3 else {}
   pause = int(argv[4]) if len(argv) > 4 else None
-  from resd_jax.algorithms import resd
+  from resd_jax import loop as resd
   if algorithm == "eval":  # evaluate the run's checkpoint (read-only), as launch/evaluate.py does
     step, metrics = resd.evaluate_checkpoint(tiny_config("resd", overrides), workdir)
     print("EVAL " + json.dumps({"step": step, **metrics}, sort_keys=True), flush=True)

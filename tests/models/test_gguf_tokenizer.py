@@ -381,14 +381,14 @@ def _entry_point_imports() -> list[tuple[str, tuple[str, ...]]]:
     if cell["cell_type"] == "code":
       code = "\n".join(l for l in "".join(cell["source"]).splitlines() if not l.lstrip().startswith(("%", "!")))
       found += _imports_of(code)
-  skip = {"IPython.display", "resd_jax.algorithms.resd_multiturn"}  # notebook display; ALFWorld (own extra)
+  skip = {"IPython.display"}  # notebook display
   return sorted({(m, n) for m, n in found if m not in skip})
 
 
 @pytest.mark.slow
 def test_main_path_runs_without_torch(smollm, tmp_path):
   imports = _entry_point_imports()
-  assert ("resd_jax.algorithms.resd", ("train",)) in imports and len(imports) > 10
+  assert ("resd_jax.loop", ("train",)) in imports and len(imports) > 10
   script = textwrap.dedent(f"""
       import sys
       sys.modules["torch"] = None  # the base install has no torch: any `import torch` raises
@@ -401,7 +401,7 @@ def test_main_path_runs_without_torch(smollm, tmp_path):
       sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
       from test_gguf_tokenizer import _write_gguf
       from resd_jax import configs
-      from resd_jax.algorithms import runtime
+      from resd_jax.loop import setup as runtime
       from resd_jax.models import gguf_tokenizer as gt
       from resd_jax.models import hf_io, tokenizer as tk
       cfg = configs.load("manufactoria:tiny")

@@ -7,7 +7,7 @@ import pathlib
 import jax
 import pytest
 
-from resd_jax.algorithms import runtime
+from resd_jax.loop import setup as runtime
 from resd_jax.parallel import sharding as shd
 from resd_jax.roles import roles_from_config
 from resd_jax.roles.binding import RoleBindings, load_local_model

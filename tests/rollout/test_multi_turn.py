@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from resd_jax.algorithms.resd_multiturn import episode_sample, grpo_turn_batch, rows_batch, teacher_turn_rows
+from resd_jax.loop.multi_turn import episode_sample, grpo_turn_batch, rows_batch, teacher_turn_rows
 from resd_jax.context import BatchShape, Metrics, TeacherContextConfig
 from resd_jax.context.playbook import Playbook
 from resd_jax.context.updater import UpdateResult

@@ -14,12 +14,12 @@ from resd_jax.tasks.alfworld.data import (INSTALL_HINT, canonical_split, game_id
 from resd_jax.tasks.alfworld.env import AlfworldEnv, AlfworldEnvConfig, AlfworldEnvs, EnvState
 from resd_jax.tasks.alfworld.generator import SPLITS, TASK_TYPES, ensure_generated_games
 from resd_jax.tasks.alfworld.prompts import SYSTEM
-from resd_jax.tasks.base import Example, Grade, register
+from resd_jax.tasks.base import Example, Grade, RunTask, register
 
 
 @register("alfworld")
 @dataclasses.dataclass
-class AlfworldTask:
+class AlfworldTask(RunTask):
   """The ALFWorld task: one `Example` per game, episodes played through `make_envs()`.
 
   data: "generated" (default: small games written under `generated_root`), "official" (`$ALFWORLD_DATA`) or
@@ -34,6 +34,19 @@ class AlfworldTask:
   max_steps: int = 50
   expert: bool = False
   name: str = "alfworld"
+  multi_turn = True  # class attribute (no annotation): episodes, one train row per assistant turn
+
+  @classmethod
+  def from_run(cls, run, **options):
+    """env.* settings; generated games go to <env.generated_root>/n<n_per_type>_s<seed>."""
+    e = run.env
+    root = f"{e.generated_root.rstrip('/')}/n{e.n_per_type}_s{run.seed}"
+    return cls(data=e.data, generated_root=root, n_per_type=e.n_per_type, seed=run.seed, task_types=e.task_types,
+               max_steps=e.max_steps)
+
+  @classmethod
+  def turns_per_sample(cls, run):
+    return run.env.max_steps
 
   def __post_init__(self):
     bad = [t for t in self.task_types if t not in TASK_TYPES]

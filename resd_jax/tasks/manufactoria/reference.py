@@ -8,7 +8,7 @@ rejects: the tape has run out before acceptance). Reaching an accepting state ro
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable
 
 from resd_jax.tasks.manufactoria.generator import COLOURS, Problem
 

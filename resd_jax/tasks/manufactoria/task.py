@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from resd_jax.tasks.base import Example, Grade, register
+from resd_jax.tasks.base import Example, Grade, RunTask, register
 from resd_jax.tasks.manufactoria import generator
 from resd_jax.tasks.manufactoria.grader import grade_response
 from resd_jax.tasks.manufactoria.prompt import build_prompt
@@ -67,7 +67,7 @@ def example_from_row(row: dict[str, Any], split: str) -> Example:
 
 
 @register("manufactoria")
-class ManufactoriaTask:
+class ManufactoriaTask(RunTask):
   """Manufactoria-Has. Without `examples`, problems come from our generator (874, split 742/132 by `split_seed`).
 
   split_seed: seed of the train/test split (the reference uses 42).
@@ -80,6 +80,14 @@ class ManufactoriaTask:
   max_test_cases: grade only the first n tests on train (None: all).
   """
   name = "manufactoria"
+
+  @classmethod
+  def from_run(cls, run, **options):
+    """data.train_path / data.test_path when given (either), else the generated problems; the split seed is the
+    reference's 42."""
+    d = run.data
+    paths = {k: v for k, v in (("train", d.train_path), ("test", d.test_path)) if v}
+    return cls(split_seed=42, data_path=paths or None)
 
   def __init__(self, split_seed: int = 42, data_path: str | dict[str, str] | None = None, *, tests_seed: int = 0,
                sparse: bool = True, max_test_cases: int | None = None,

@@ -1,19 +1,19 @@
-"""Multi-turn RESD / SDPO / GRPO on ALFWorld, in the streaming loop of `resd.Trainer`.
+"""Multi-turn interaction (a task with `multi_turn = True`, e.g. ALFWorld): episodes instead of single responses.
 
 One inner update:
 
   play B x N episodes (G for GRPO; `rollout.multi_turn.run_episodes`, one sampler call per turn)
   -> one `GradedSample` per episode: prompt = [system, first user message], attempt = the episode's commands and
      answers, feedback = outcome + last exchanges (`prompts.episode_feedback`), reward = won
-  -> context update over the episodes (reflection on the whole episode, success tags, curation; the solution
-     buffer keeps the latest winning episode per game)
+  -> (the algorithm's) context update over the episodes: reflection on the whole episode, success tags,
+     curation; the solution buffer keeps the latest winning episode per game
   -> one distillation row per (episode, turn): student prompt = the exact tokens the student saw at that turn,
      teacher prompt = the same windowed history with the first user message enriched by the teacher context
      (playbook, reflection, the episode as previous attempt, feedback, winning episode), response = that turn's
-     assistant tokens. Environment text only ever sits in prompts, so it is never in the response mask.
-  -> one optimizer step (SD; GRPO: every turn row carries its episode's group advantage).
+     assistant tokens. Environment text only ever sits in prompts, so it is never in the response mask. GRPO:
+     every turn row carries its episode's group advantage.
 
-Rows per step = episodes x env.max_steps (`config_schema.rows_per_step`); unused rows are padding.
+Rows per step = episodes x env.max_steps (the task's `turns_per_sample`); unused rows are padding.
 Validation: `eval.num_samples` episodes per game on valid_seen and valid_unseen; success overall and per task
 type (`val/<split>/success[/<task type>]`), and the rank-rule keys (`per_task/mean@n` = success rate,
 `per_task/best@n` = games won at least once; the per_test_case keys repeat them: an episode has no test cases).
@@ -21,23 +21,22 @@ type (`val/<split>/success[/<task type>]`), and the rank-rule keys (`per_task/me
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resd_jax.algorithms import resd
 from resd_jax.context import GradedSample, Metrics
 from resd_jax.context.playbook import Playbook
 from resd_jax.context.teacher_context import TeacherContextConfig, build_teacher_context, solution_for
 from resd_jax.context.updater import UpdateResult
+from resd_jax.loop.single_turn import Generate, success_weights
 from resd_jax.models.tokenizer import chat_tokens, pad_token_id
 from resd_jax.rl.grpo import group_advantages
 from resd_jax.rollout.multi_turn import Episode, MultiTurnConfig, RolloutTimes, episode_metrics, run_episodes
-from resd_jax.sampling import SamplingParams, generate_rollouts
+from resd_jax.sampling import SamplingParams
 from resd_jax.tasks.base import Example, Grade
 from resd_jax.train.batch import Batch, BatchShape, GRPOBatch, assemble_batch
 
@@ -127,94 +126,77 @@ def grpo_turn_batch(episodes: Sequence[Episode], group_size: int, normalize_std:
                    sample_weight=b.sample_weight)
 
 
-# ----- the trainer --------------------------------------------------------------------------------------------
-class MultiTurnTrainer(resd.Trainer):
-  """`resd.Trainer` with episodes instead of single responses (the loop, checkpoints and resume are shared)."""
+# ----- the interaction ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Episodes:
+  """One inner update's episodes (prompt-major: a game's episodes are consecutive)."""
+  episodes: list[Episode]
+  max_steps: int
+  n_tokens: int
+  throughput: dict[str, float] = dataclasses.field(default_factory=dict)
 
-  def __init__(self, cfg: Any, workdir: str | pathlib.Path, **kw):
-    super().__init__(cfg, workdir, **kw)
-    self.max_steps = int(cfg.env.max_steps)
-    self.envs = self.task.make_envs()
-    self.mt = MultiTurnConfig(max_prompt_len=int(cfg.rollout.max_prompt_len), history_turns=int(cfg.env.history_turns),
-                              show_admissible=bool(cfg.env.show_admissible), enable_thinking=cfg.model.enable_thinking)
-    limit = int(cfg.data.test_limit)
-    self.eval_sets = {s: list(self.task.prompts(s))[:limit or None] for s in EVAL_SPLITS}
+  def __post_init__(self):
+    self.played = _played(self.episodes)
+    self.samples = [episode_sample(ep, self.max_steps) for ep in self.played]  # what the context engine sees
 
-  def _sampler(self, params: SamplingParams, key: jax.Array) -> Callable[[list, int], list]:
-    def sample(convs, turn):
-      with self._mesh_ctx():
-        return generate_rollouts(self.policy(), self.tokenizer, convs, params, jax.random.fold_in(key, turn),
-                                 self.cfg.model.enable_thinking, int(self.cfg.rollout.sample_batch), self.engine)
-    return sample
+  def distill_batch(self, result: UpdateResult, kit: Any) -> Batch:
+    shape = kit.shape
+    rows = teacher_turn_rows(self.played, self.samples, result, kit.playbook, kit.teacher_context, kit.tokenizer,
+                             shape.max_teacher_prompt_len, kit.run.model.enable_thinking, kit.metrics)
+    weights = success_weights(kit.run, [float(ep.won) for ep in self.played])
+    batch = rows_batch(rows, self.played, shape, pad_token_id(kit.tokenizer), weights, kit.metrics)
+    kit.metrics.add("batch/turn_rows", len(rows), shape.batch_size)
+    return batch
+
+  def grpo_batch(self, kit: Any) -> GRPOBatch:
+    g = kit.run.grpo
+    return grpo_turn_batch(self.episodes, g.group_size, g.normalize_std, kit.shape, pad_token_id(kit.tokenizer),
+                           kit.metrics, ddof=1 if g.std == "sample" else 0)
+
+
+class MultiTurn:
+  """Episodes in the task's environments; one sampler call per turn."""
+
+  def __init__(self, run: Any, task: Any, data: Any, tokenizer: Any, generate: Generate):
+    self.run, self.task, self.tokenizer, self.generate = run, task, tokenizer, generate
+    self.max_steps = run.env.max_steps
+    self.envs = task.make_envs()
+    self.mt = MultiTurnConfig(max_prompt_len=run.rollout.max_prompt_len, history_turns=run.env.history_turns,
+                              show_admissible=run.env.show_admissible, enable_thinking=run.model.enable_thinking)
+    limit = run.data.test_limit
+    self.eval_sets = {s: list(task.prompts(s))[:limit or None] for s in EVAL_SPLITS}
 
   def play(self, examples: Sequence[Example], per_prompt: int, params: SamplingParams, key: jax.Array,
            times: RolloutTimes | None = None) -> list[Episode]:
     gamefiles = [ex.meta["gamefile"] for ex in examples for _ in range(per_prompt)]
-    return run_episodes(self.envs, gamefiles, self._sampler(params, key), self.tokenizer, self.mt, times)
+    sample = lambda convs, turn: self.generate(convs, params, jax.random.fold_in(key, turn))
+    return run_episodes(self.envs, gamefiles, sample, self.tokenizer, self.mt, times)
 
-  def inner_update(self, examples: Sequence[Any]) -> dict[str, Any]:
-    cfg, step = self.cfg, self.cursor.step
-    m, times, rt = Metrics(), {}, RolloutTimes()
-    r = cfg.rollout
-    params = SamplingParams(temperature=float(r.temperature), top_p=float(r.top_p), top_k=int(r.top_k),
-                            max_new_tokens=int(r.max_response_len))
+  def collect(self, examples: Sequence[Any], per_prompt: int, params: SamplingParams, key: jax.Array,
+              m: Metrics, times: dict[str, float]) -> Episodes:
+    rt = RolloutTimes()
     t0 = time.perf_counter()
-    episodes = self.play(examples, self.per_prompt, params, self.key(resd.ROLLOUT, step), rt)
+    episodes = self.play(examples, per_prompt, params, key, rt)
     times["rollout"] = time.perf_counter() - t0
     times.update({"rollout_sampling": rt.sample_s, "rollout_env": rt.env_s})
     m.merge(episode_metrics(episodes))
     n_tokens = sum(len(t.response_tokens) for ep in episodes for t in ep.turns)
-    shape, pad = self.parts.batch_shape, pad_token_id(self.tokenizer)
+    return Episodes(episodes, self.max_steps, n_tokens,
+                    {"throughput/env_steps_per_s": rt.env_steps / max(times["rollout"], 1e-9)})
 
-    t0 = time.perf_counter()
-    if self.kind == "grpo":
-      batch = grpo_turn_batch(episodes, self.per_prompt, bool(cfg.grpo.normalize_std), shape, pad, m,
-                              ddof=1 if str(cfg.grpo.std) == "sample" else 0)
-      times["batch"] = time.perf_counter() - t0
-    else:
-      played = _played(episodes)
-      samples = [episode_sample(ep, self.max_steps) for ep in played]
-      result = self.sync_context(self.updater.update(samples, self.generate_text_fn(step), step))
-      m.merge(result.metrics)
-      times["context"] = time.perf_counter() - t0
-      t0 = time.perf_counter()
-      rows = teacher_turn_rows(played, samples, result, self.updater.playbook, self.parts.teacher_context,
-                               self.tokenizer, shape.max_teacher_prompt_len, cfg.model.enable_thinking, m)
-      weights = None
-      if cfg.distill.success_weights and played:
-        from resd_jax.distill import losses
-        success = jnp.asarray([float(ep.won) for ep in played])
-        weights = np.asarray(losses.success_rate_weights(success, float(cfg.distill.success_a),
-                                                         float(cfg.distill.success_b))).tolist()
-      batch = rows_batch(rows, played, shape, pad, weights, m)
-      m.add("batch/turn_rows", len(rows), shape.batch_size)
-      times["batch"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    self.state, step_metrics = self.step_fn(self.state, batch)
-    step_metrics = resd._floats(step_metrics)
-    times["step"] = time.perf_counter() - t0
-    out: dict[str, Any] = dict(m)
-    out.update({f"train/{k}": v for k, v in step_metrics.items()})
-    out.update({f"time/{k}": v for k, v in times.items()})
-    out["throughput/rollout_tokens_per_s"] = n_tokens / max(times["rollout"], 1e-9)
-    out["throughput/env_steps_per_s"] = rt.env_steps / max(times["rollout"], 1e-9)
-    return out
-
-  def validate(self) -> dict[str, float]:
-    cfg, step = self.cfg, self.cursor.step
+  def validate(self, key: jax.Array) -> tuple[dict[str, float], dict[str, Any]]:
     if not any(self.eval_sets.values()):
-      return {}
-    e, n = cfg.eval, int(cfg.eval.num_samples)
-    params = SamplingParams(temperature=float(e.temperature), top_p=float(e.top_p),
-                            max_new_tokens=int(e.max_response_len or cfg.rollout.max_response_len))
-    t0 = time.perf_counter()
+      return {}, {}
+    run, e = self.run, self.run.eval
+    n = e.num_samples
+    params = SamplingParams(temperature=e.temperature, top_p=e.top_p,
+                            max_new_tokens=e.max_response_len or run.rollout.max_response_len)
     res: dict[str, float] = {}
     won_all, games_won = [], []
     for k, (split, examples) in enumerate(self.eval_sets.items()):
       if not examples:
         continue
-      episodes = self.play(examples, n, params, jax.random.fold_in(self.key(resd.EVAL, step), k))
+      episodes = self.play(examples, n, params, jax.random.fold_in(key, k))
       for name, (s, c) in episode_metrics(episodes, prefix=f"{split}/").items():
         if name.startswith(f"{split}/success") or name == f"{split}/episode_steps":
           res[name] = s / c if c else 0.0
@@ -224,30 +206,7 @@ class MultiTurnTrainer(resd.Trainer):
     mean, best = float(np.concatenate(won_all).mean()), float(np.concatenate(games_won).mean())
     res.update({"per_task/mean@n": mean, "per_task/best@n": best, "per_test_case/mean@n": mean,
                 "per_test_case/best@n": best})
-    self.history[str(step)] = dict(res)
-    out: dict[str, Any] = {f"val/{k}": v for k, v in res.items()}
-    out["time/validation"] = time.perf_counter() - t0
-    out["val/rank_rule_best_step"] = float(resd.evaluation.rank_rule({int(s): v for s, v in self.history.items()})[0])
-    self.writer.write(step, out)
-    return dict(res)
+    return res, {}
 
   def close(self) -> None:
-    try:
-      self.envs.close()
-    finally:
-      super().close()
-
-
-def evaluate_checkpoint(cfg: Any, run_dir: str | pathlib.Path, step: int | None = None
-                        ) -> tuple[int, dict[str, float]]:
-  """Validation success rates of a run's checkpoint (latest or `step`); writes nothing into the run."""
-  return resd.evaluate_checkpoint(cfg, run_dir, step, trainer_cls=MultiTurnTrainer)
-
-
-def train(cfg: Any, workdir: str | pathlib.Path) -> resd.RunSummary:
-  """Run (or resume) multi-turn RESD / SDPO / GRPO (`cfg.algorithm`) on ALFWorld in `workdir`."""
-  trainer = MultiTurnTrainer(cfg, workdir)
-  try:
-    return trainer.run()
-  finally:
-    trainer.close()
+    self.envs.close()
