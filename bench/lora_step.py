@@ -51,7 +51,7 @@ def build(variant: str, args, batch):
   if variant == "lora_bf16":
     params = lora.cast_base(params, args.base_dtype)
   step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=args.chunk),
-                        teacher=TeacherConfig("ema", 0.05), optim=OptimConfig(learning_rate=1e-5))
+                        teacher=TeacherConfig("ema", 0.05), optim=OptimConfig(learning_rate=1e-5, warmup_steps=0))
   state = st.init_train_state(params, make_optimizer(step_cfg.optim), step_cfg.teacher)
   step = make_sd_step(graphdef, step_cfg)
   t0 = time.perf_counter()

@@ -102,7 +102,7 @@ def build_ours(batch: Batch, preset: str, compute_dtype: str, chunk: int, scan_l
                            **({"attn_block": attn_block} if attn_block else {}))
   graphdef, params = st.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
   step_cfg = StepConfig(distill=DistillConfig(top_k=100, alpha=1.0, chunk_size=chunk),
-                        teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5))
+                        teacher=TeacherConfig("frozen"), optim=OptimConfig(learning_rate=1e-5, warmup_steps=0))
   state = st.init_train_state(params, make_optimizer(step_cfg.optim), step_cfg.teacher)
   return make_sd_step(graphdef, step_cfg), state, jax.tree.map(jnp.asarray, batch)
 

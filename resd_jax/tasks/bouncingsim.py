@@ -288,7 +288,7 @@ class BouncingSimTask(RunTask):
 
   @classmethod
   def check_run(cls, run):
-    if run.task.level not in ("", "easy", "medium"):
+    if run.task.level not in ("easy", "medium"):
       from resd_jax.run_config import ConfigError
       raise ConfigError(f"task.level={run.task.level!r}: bouncingsim needs easy or medium "
                         f"(use --config=configs/bouncingsim.py:easy)")

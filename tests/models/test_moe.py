@@ -208,7 +208,7 @@ def _train(mesh, steps=1):
   from resd_jax.distill.teacher import TeacherConfig
   from resd_jax.train.optim import OptimConfig
   cfg = S.StepConfig(distill=DistillConfig(top_k=4, chunk_size=8), teacher=TeacherConfig("ema", 0.1),
-                     optim=OptimConfig(learning_rate=1e-4, eps=1e-6))  # Adam eps: no amplified rounding noise
+                     optim=OptimConfig(learning_rate=1e-4, eps=1e-6, warmup_steps=0))  # Adam eps: no amplified rounding noise
   rng = np.random.default_rng(0)
   b, ps, pt, r = 4, 5, 8, 6
   toks = rng.integers(1, 512, (b, ps + r)).astype(np.int32)

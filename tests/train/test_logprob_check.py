@@ -62,7 +62,7 @@ def _sd_batch():
 @pytest.mark.parametrize("micro", [4])  # 4 micro-batches: the max must combine as a max
 def test_sd_step_logs_the_logprob_gap(micro):
   cfg = S.StepConfig(distill=DistillConfig(top_k=8, chunk_size=4), teacher=TeacherConfig("current"),
-                     optim=OptimConfig(learning_rate=1e-4), micro_batches=micro)
+                     optim=OptimConfig(learning_rate=1e-4, warmup_steps=0), micro_batches=micro)
   graphdef, params = parts()
   state = st.init_train_state(jax.tree.map(jnp.copy, params), make_optimizer(cfg.optim), cfg.teacher)
   _, m = S.make_sd_step(graphdef, cfg)(state, _sd_batch())
@@ -77,7 +77,7 @@ def test_sd_step_logs_the_logprob_gap(micro):
 def test_grpo_step_logs_the_logprob_gap_and_a_fresh_sampler_shows_none():
   tok, mask, resp, rollout, (want_sum, want_count, want_max), logp = inputs()
   graphdef, params = parts()
-  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-4),
+  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-4, warmup_steps=0),
                      teacher=TeacherConfig("current"))
   step = S.make_grpo_step(graphdef, cfg)
   for old, gap in ((rollout, True), ((logp * resp).astype(np.float32), False)):

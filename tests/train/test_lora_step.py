@@ -29,7 +29,7 @@ def lora_parts(preset="tiny"):
 
 def step_cfg(kind="ema"):
   return S.StepConfig(distill=DistillConfig(top_k=10, chunk_size=4), teacher=TeacherConfig(kind, 0.1),
-                      optim=OptimConfig(learning_rate=1e-3, eps=1e-6))
+                      optim=OptimConfig(learning_rate=1e-3, eps=1e-6, warmup_steps=0))
 
 
 def flat(tree):
@@ -141,7 +141,7 @@ def test_bf16_base_keeps_float32_adapters():
 
 def test_grpo_step_trains_adapters_only():
   graphdef, params = lora_parts()
-  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-3),
+  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-3, warmup_steps=0),
                      teacher=TeacherConfig("current"))
   sd = make_batch()
   rng = np.random.default_rng(2)

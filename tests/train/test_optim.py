@@ -16,11 +16,11 @@ def test_warmup_then_constant_and_cosine():
   got = [float(cos(i)) for i in range(14)]
   want = [1.0, 2.0] + [2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(j, 10) / 10))) for j in range(12)]
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  assert float(make_schedule(OptimConfig(learning_rate=3.0))(100)) == 3.0
+  assert float(make_schedule(OptimConfig(learning_rate=3.0, warmup_steps=0))(100)) == 3.0
 
 
 def test_adamw_step_matches_numpy():
-  cfg = OptimConfig(learning_rate=0.1, weight_decay=0.01, clip_norm=1.0)
+  cfg = OptimConfig(learning_rate=0.1, weight_decay=0.01, clip_norm=1.0, warmup_steps=0)
   params = {"w": jnp.array([[1.0, -2.0], [0.5, 0.0]]), "b": jnp.array([3.0, -1.0])}
   grads = {"w": jnp.array([[3.0, 0.0], [0.0, 4.0]]), "b": jnp.array([0.0, 0.0])}
   opt = make_optimizer(cfg)

@@ -22,7 +22,7 @@ B, PS, PT, R = 8, 5, 9, 6
 # Small lr and a non-negligible Adam eps keep reduction-order noise in near-zero gradients from being
 # amplified to O(lr) by Adam's normalisation; a real sharding error still moves params by ~lr.
 CFG = S.StepConfig(distill=DistillConfig(top_k=10, chunk_size=4, rollout_is=True),
-                   teacher=TeacherConfig("ema", 0.1), optim=OptimConfig(learning_rate=1e-4, eps=1e-6))
+                   teacher=TeacherConfig("ema", 0.1), optim=OptimConfig(learning_rate=1e-4, eps=1e-6, warmup_steps=0))
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,7 +163,8 @@ def test_non_finite_gradient_skips_the_update():
 
 def test_identical_context_and_current_teacher_give_zero_loss_and_gradient():
   graphdef, params = model_parts()
-  cfg = S.StepConfig(distill=DistillConfig(top_k=10, chunk_size=4, alpha=0.5), teacher=TeacherConfig("current"))
+  cfg = S.StepConfig(distill=DistillConfig(top_k=10, chunk_size=4, alpha=0.5), teacher=TeacherConfig("current"),
+                     optim=OptimConfig(warmup_steps=0))
   batch = make_batch(teacher_same=True)
 
   @jax.jit
@@ -215,7 +216,7 @@ def test_trust_region_parts():
 
 def test_grpo_step_loss_matches_dense_numpy():
   graphdef, params = model_parts()
-  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-4),
+  cfg = S.StepConfig(grpo=GRPOConfig(group_size=4, chunk_size=4), optim=OptimConfig(learning_rate=1e-4, warmup_steps=0),
                      teacher=TeacherConfig("current"))
   sd = make_batch()
   model = nnx.merge(graphdef, params)
