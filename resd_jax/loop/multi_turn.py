@@ -25,7 +25,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resd_jax.context import GradedSample, Metrics
@@ -34,7 +33,7 @@ from resd_jax.context.teacher_context import TeacherContextConfig, build_teacher
 from resd_jax.context.updater import UpdateResult
 from resd_jax.loop.single_turn import Generate, success_weights
 from resd_jax.models.tokenizer import chat_tokens, pad_token_id
-from resd_jax.rl.grpo import group_advantages
+from resd_jax.rl.grpo import host_group_advantages
 from resd_jax.rollout.multi_turn import Episode, MultiTurnConfig, RolloutTimes, episode_metrics, run_episodes
 from resd_jax.sampling import SamplingParams
 from resd_jax.tasks.base import Example, Grade
@@ -112,18 +111,11 @@ def grpo_turn_batch(episodes: Sequence[Episode], group_size: int, normalize_std:
                     pad_id: int, metrics: Metrics, ddof: int = 0) -> GRPOBatch:
   """Episodes in consecutive groups of G (same game): every assistant token of an episode gets the episode's
   group-normalised advantage. Padding rows have advantage 0 and weight 0."""
-  rewards = jnp.asarray([ep.reward for ep in episodes], jnp.float32)
-  adv = np.asarray(group_advantages(rewards, group_size, normalize_std, ddof=ddof), np.float32)
+  adv = host_group_advantages([ep.reward for ep in episodes], group_size, normalize_std, ddof, metrics)
   rows = [TurnRow(i, j, list(t.prompt_tokens), list(t.prompt_tokens), list(t.response_tokens), 0)
           for i, ep in enumerate(episodes) for j, t in enumerate(ep.turns)]
   b = rows_batch(rows, episodes, shape, pad_id, metrics=metrics)
-  advantages = np.zeros((shape.batch_size,), np.float32)
-  advantages[:len(rows)] = [adv[r.episode] for r in rows]
-  groups = np.asarray(rewards).reshape(-1, group_size)
-  metrics.add("grpo/groups_with_signal", float(np.sum(groups.std(axis=1) > 0)), groups.shape[0])
-  return GRPOBatch(student_tokens=b.student_tokens, student_mask=b.student_mask, response_tokens=b.response_tokens,
-                   response_mask=b.response_mask, rollout_logprobs=b.rollout_logprobs, advantages=advantages,
-                   sample_weight=b.sample_weight)
+  return GRPOBatch.from_batch(b, [adv[r.episode] for r in rows])
 
 
 # ----- the interaction ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from resd_jax.distill import losses
 from resd_jax.loop import host_sync
 from resd_jax.metrics import Metrics
 from resd_jax.models.tokenizer import chat_tokens, pad_token_id
-from resd_jax.rl.grpo import group_advantages
+from resd_jax.rl.grpo import host_group_advantages
 from resd_jax.sampling import SamplingParams
 from resd_jax.train.batch import BatchShape, GRPOBatch, assemble_batch
 
@@ -42,19 +42,12 @@ def grpo_batch(samples: Sequence[GradedSample], group_size: int, normalize_std: 
                tokenizer: Any, enable_thinking: bool | None, metrics: Metrics) -> GRPOBatch:
   """Samples laid out as consecutive groups of G (each prompt is sampled G times in a row) -> the batch.
   Padding rows (a short final batch) get advantage 0 and weight 0."""
-  rewards = jnp.asarray([s.grade.reward for s in samples], jnp.float32)
-  adv = np.asarray(group_advantages(rewards, group_size, normalize_std, ddof=ddof), np.float32)
+  adv = host_group_advantages([s.grade.reward for s in samples], group_size, normalize_std, ddof, metrics)
   prompts = [chat_tokens(tokenizer, s.example.messages, enable_thinking=enable_thinking) for s in samples]
   b = assemble_batch(prompts, prompts, [s.response_tokens for s in samples], [s.rollout_logprobs for s in samples],
                      [1.0] * len(samples), [0] * len(samples), shape, pad_id=pad_token_id(tokenizer),
                      metrics=metrics)
-  advantages = np.zeros((shape.batch_size,), np.float32)
-  advantages[:len(samples)] = adv
-  groups = np.asarray(rewards).reshape(-1, group_size)
-  metrics.add("grpo/groups_with_signal", float(np.sum(groups.std(axis=1) > 0)), groups.shape[0])
-  return GRPOBatch(student_tokens=b.student_tokens, student_mask=b.student_mask, response_tokens=b.response_tokens,
-                   response_mask=b.response_mask, rollout_logprobs=b.rollout_logprobs, advantages=advantages,
-                   sample_weight=b.sample_weight)
+  return GRPOBatch.from_batch(b, adv)
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ their number; ``seq_mean`` averages tokens within each sequence, then sequences.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,19 @@ def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True
   if normalize_std:
     centred = centred / (jnp.std(r, axis=1, keepdims=True, ddof=ddof) + eps)
   return centred.reshape(b)
+
+
+def host_group_advantages(rewards: list[float], group_size: int, normalize_std: bool, ddof: int,
+                          metrics: Any = None) -> Any:
+  """`group_advantages` of host rewards as a float32 NumPy array [B]; counts the groups whose rewards differ
+  (the only ones with a gradient) as `grpo/groups_with_signal` in `metrics` (a `Metrics`)."""
+  import numpy as np  # noqa: PLC0415
+  r = jnp.asarray(rewards, jnp.float32)
+  adv = np.asarray(group_advantages(r, group_size, normalize_std, ddof=ddof), np.float32)
+  if metrics is not None:
+    groups = np.asarray(r).reshape(-1, group_size)
+    metrics.add("grpo/groups_with_signal", float(np.sum(groups.std(axis=1) > 0)), groups.shape[0])
+  return adv
 
 
 def token_surrogate(logp: Array, old_logp: Array, advantages: Array, cfg: GRPOConfig,

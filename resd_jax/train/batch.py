@@ -130,3 +130,12 @@ class GRPOBatch:
   rollout_logprobs: Any
   advantages: Any
   sample_weight: Any
+
+  @classmethod
+  def from_batch(cls, b: Batch, row_advantages: Any) -> "GRPOBatch":
+    """The student side of an assembled `Batch` with one advantage per filled row; padding rows get 0."""
+    advantages = np.zeros((b.student_tokens.shape[0],), np.float32)  # [B]
+    advantages[:len(row_advantages)] = row_advantages
+    return cls(student_tokens=b.student_tokens, student_mask=b.student_mask, response_tokens=b.response_tokens,
+               response_mask=b.response_mask, rollout_logprobs=b.rollout_logprobs, advantages=advantages,
+               sample_weight=b.sample_weight)
