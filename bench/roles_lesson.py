@@ -166,12 +166,29 @@ def held_out_measures(trainer, examples):
           float(np.mean(lp)))
 
 
+_LOGP = []
+
+
+def _token_logprobs():
+  """log p(token t | tokens < t) [B, L-1], jitted once per process (a jit defined per call compiles per call)."""
+  if not _LOGP:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @nnx.jit
+    def logp(model, toks, mask):  # toks, mask [B, L]
+      hidden, _ = model(toks, attn_mask=mask)
+      lp = jax.nn.log_softmax(model.logits(hidden[:, :-1]).astype(jnp.float32), -1)  # [B, L-1, V]
+      return jnp.take_along_axis(lp, toks[:, 1:, None], -1)[..., 0]
+    _LOGP.append(logp)
+  return _LOGP[0]
+
+
 def format_logprobs(trainer, conversations, answers):
   """Per conversation: mean per-token log-prob of `answer` + the end-of-turn token after the chat prompt."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
   from resd_jax.models import tokenizer as tk
   tok = trainer.tokenizer
   end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tk.stop_token_ids(tok)[0]
@@ -185,14 +202,8 @@ def format_logprobs(trainer, conversations, answers):
     mask[i, :len(p) + len(a)] = True
     target[i, len(p):len(p) + len(a)] = True
 
-  @nnx.jit
-  def logp(model, toks, mask):
-    hidden, _ = model(toks, attn_mask=mask)
-    lp = jax.nn.log_softmax(model.logits(hidden[:, :-1]).astype(jnp.float32), -1)  # predicts tokens 1..L-1
-    return jnp.take_along_axis(lp, toks[:, 1:, None], -1)[..., 0]
-
   with trainer._mesh_ctx():
-    lp = np.asarray(logp(trainer.policy(), jnp.asarray(toks), jnp.asarray(mask)))
+    lp = np.asarray(_token_logprobs()(trainer.policy(), jnp.asarray(toks), jnp.asarray(mask)))
   t = target[:, 1:]
   return (lp * t).sum(1) / t.sum(1)
 
