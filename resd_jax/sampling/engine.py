@@ -9,18 +9,21 @@ fold_in(row key, t), greedy or sampled, whatever slot or batch it runs in. What 
   does not fit waits; nothing is dropped). When running rows need more pages than are free, the row admitted
   last is preempted (its pages freed) and later re-prefilled with the tokens it has generated so far, so it
   continues exactly where it stopped (same keys, same tokens).
-- The KV cache is a pool of pages (`paged_cache.py`); decode attention reads the pages of a bucket (a power of
-  two pages) of the longest live row, so a step costs what the rows hold, not the allocated maximum.
-- Prefill is per row, in chunks of at most `prefill_chunk` tokens padded to a power of two: a long prompt
-  costs its own tokens, and rows with chunks of the same bucket share one call.
+- The KV cache is a pool of pages (`paged_cache.py`); decode attention reads the live rows' pages listed flat
+  (a power-of-two bucket of their total), so a step costs what the rows hold, not the allocated maximum.
+- Prefill is packed: each call runs a fixed buffer of `prefill_chunk` tokens (blocks of 16 tokens or a page,
+  each block holding tokens of one row) into which the pieces of several rows are packed; a block attends over
+  its own row's pages. A long prompt is cut into pieces over several calls, short ones share a call.
 - Prompts that share full pages of prefix (GRPO's G samples of one prompt, prompts with a common system text)
   prefill them once and hold the same pages (reference counted). Only full pages are shared and at least one
   token is always prefilled, so a shared page is never written again: the last partial page is recomputed
   by each row rather than copied on write.
 - Stop tokens end a row on the device; stop strings are checked on the host after each decode call.
 
-Device programs: one prefill program per (rows bucket, chunk bucket, pages bucket) and one decode program per
-pages bucket (slots and steps per call are fixed), so the compile count is bounded by the number of buckets.
+Device programs: one prefill program per attention span (pages read per block: a power of two from 128 tokens
+up to the longest row's prompt) and one decode program per flat-pages bucket (a power of two from 128 tokens
+per slot); the buffer, slots and steps per call are fixed, so the count does not grow with the number of rows
+or the prompt lengths beyond those log2 buckets.
 """
 from __future__ import annotations
 
@@ -113,11 +116,15 @@ def _draw(logits, keys, steps, knobs: static.Knobs, k_cap: int):
 
 def _prefill(graphdef, params, pool: PagePool, tokens, positions, valid, page_table, last_idx, keys, steps,
              knobs: static.Knobs, *, k_cap: int, attn_impl: str):
-  """One chunk per row: tokens / positions / valid [R, C], page_table [R, nb]; draws a token from the logits
-  at last_idx [R] with fold_in(keys, steps) (used by the host only for a row's final chunk)."""
+  """One packed prefill call: the chunks of several rows in a fixed buffer of NB query blocks of Q tokens,
+  tokens / positions / valid [NB, Q] (a block holds tokens of one row; valid False = padding, written to the
+  trash page), page_table [NB, nb] (each block's row's pages). Draws a token from the logits at the flat
+  indices last_idx [NB] (into NB * Q) with fold_in(keys, steps) [NB] (the host uses the entries of rows whose
+  final chunk this is)."""
   model = nnx.merge(graphdef, params)
   hidden, pool = paged_forward(model, pool, tokens, positions, valid, page_table, attn_impl=attn_impl)
-  h = jnp.take_along_axis(hidden, last_idx[:, None, None], axis=1)[:, 0]    # [R, D]
+  nb, q, d = hidden.shape
+  h = jnp.take(hidden.reshape(nb * q, d), last_idx, axis=0)                   # [NB, D]
   tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
   return pool, tok, lp, slp
 
@@ -189,6 +196,15 @@ def _pow2(n: int, minimum: int = 1) -> int:
 
 def _pages(tokens: int, page: int) -> int:
   return -(-tokens // page)
+
+
+def prefill_blocks(ec: EngineConfig, divisor: int = 1) -> tuple[int, int]:
+  """(qblock, nblk): a prefill call's buffer is nblk query blocks of qblock tokens (qblock = min(page, 16,
+  prefill_chunk); nblk = prefill_chunk / qblock, rounded up to a multiple of the mesh's batch divisor). A block
+  holds tokens of one row, so a call packs the pieces of up to nblk rows."""
+  q = min(ec.page_size, MIN_CHUNK, ec.prefill_chunk)
+  nblk = -(-(ec.prefill_chunk // q) // divisor) * divisor
+  return q, nblk
 
 
 def pool_pages(cfg: Any, ec: EngineConfig, longest: int, slots: int) -> int:
@@ -297,9 +313,10 @@ class _Run:
     self.stops = set(params.stop_token_ids)
     self.impl = decode_attention_impl()
     self.admitted = 0
+    self.qblock, self.nblk = prefill_blocks(ec, static._batch_sharding()[1])
     self.stats = {"prefill_calls": 0, "decode_calls": 0, "preemptions": 0, "shared_pages": 0,
-                  "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_s": 0.0,
-                  "decode_s": 0.0, "decode_steps": 0}
+                  "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_buffer_tokens": 0,
+                  "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
 
   # ----- pages
   def _release(self, s: _Seq) -> None:
@@ -371,53 +388,65 @@ class _Run:
     return static._put(x, self.mesh)
 
   def _prefill_round(self) -> None:
-    """One chunk for every row in prefill, rows of the same chunk bucket in one call."""
-    groups: dict[int, list[_Seq]] = collections.defaultdict(list)
-    for s in self.slots:
-      if s is not None and s.state == "prefill":
-        groups[_pow2(min(self.ec.prefill_chunk, s.target - s.cached), MIN_CHUNK)].append(s)
-    _, divisor = static._batch_sharding()
-    for c, rows in sorted(groups.items()):
-      r = static.batch_bucket(len(rows), divisor)
-      toks = np.zeros((r, c), np.int32)
-      pos = np.zeros((r, c), np.int32)
-      valid = np.zeros((r, c), bool)
-      last = np.zeros((r,), np.int32)
-      steps = np.zeros((r,), np.int32)
-      key_rows = np.zeros((r,), np.int32)
-      lens = []
-      for j, s in enumerate(rows):
-        m = min(c, s.target - s.cached)
-        toks[j, :m] = s.full[s.cached:s.cached + m]
-        pos[j, :m] = np.arange(s.cached, s.cached + m)
-        valid[j, :m] = True
-        last[j], steps[j], key_rows[j] = m - 1, len(s.gen), s.idx
-        lens.append(m)
-      nb = self._span(max(_pages(s.cached + m, self.page) for s, m in zip(rows, lens)))
-      table = self._table(rows, r, nb)
+    """Prefill calls until every row in prefill has had one piece: each call packs the pieces of several rows
+    (oldest admitted first) into the fixed buffer of `nblk` blocks of `qblock` tokens; a row's piece fills
+    whole blocks from the first free one, and a piece that does not fit is cut at the buffer's end (the rest
+    goes in the next round)."""
+    q, nblk = self.qblock, self.nblk
+    pending = sorted((s for s in self.slots if s is not None and s.state == "prefill"), key=lambda s: s.order)
+    while pending:
+      toks = np.zeros((nblk, q), np.int32)
+      pos = np.zeros((nblk, q), np.int32)
+      valid = np.zeros((nblk, q), bool)
+      last = np.zeros((nblk,), np.int32)          # flat index (block * q + column) of a row's last token
+      steps = np.zeros((nblk,), np.int32)
+      key_rows = np.zeros((nblk,), np.int32)
+      placed = []                                 # (seq, tokens, first block, entry in last / steps / keys)
+      b = 0
+      for s in pending:
+        if b == nblk:
+          break
+        m = min(s.target - s.cached, (nblk - b) * q)
+        at = np.arange(m)
+        blk, col = b + at // q, at % q
+        toks[blk, col] = s.full[s.cached:s.cached + m]
+        pos[blk, col] = s.cached + at
+        valid[blk, col] = True
+        e = len(placed)
+        last[e], steps[e], key_rows[e] = b * q + m - 1, len(s.gen), s.idx
+        placed.append((s, m, b, e))
+        b += _pages(m, q)
+      pending = pending[len(placed):]
+      nb = self._span(max(_pages(s.cached + m, self.page) for s, m, _, _ in placed))
+      table = np.zeros((nblk, nb), np.int32)
+      for s, m, b0, _ in placed:
+        got = s.pages[:nb]
+        table[b0:b0 + _pages(m, q), :len(got)] = got
       keys = self.row_keys[jnp.asarray(key_rows)]
       t0 = time.perf_counter()
       self.pool, tok, lp, slp = prefill_fn(
           self.graphdef, self.state, self.pool, self._put(toks), self._put(pos), self._put(valid), self._put(table),
           self._put(last), keys, self._put(steps), self.knobs, k_cap=self.k_cap, attn_impl="xla")
       self.stats["prefill_calls"] += 1
-      self.stats["prefill_tokens"] += r * c
+      self.stats["prefill_tokens"] += sum(m for _, m, _, _ in placed)
+      self.stats["prefill_buffer_tokens"] += nblk * q
       tok, lp, slp = placement.to_host((tok, lp, slp))
       self.stats["prefill_s"] += time.perf_counter() - t0
-      for j, (s, m) in enumerate(zip(rows, lens)):
+      for s, m, _, e in placed:
         s.cached += m
         if self.ec.share_prefixes:
           self.prefix.add(s.full, s.pages, s.cached)
         if s.cached == s.target:
           s.state = "decode"
-          self._record(s, [int(tok[j])], [float(lp[j])], [float(slp[j])])
+          self._record(s, [int(tok[e])], [float(lp[e])], [float(slp[e])])
 
   def _span(self, pages: int) -> int:
     """Pages the attention reads per row: a power of two >= pages (and >= MIN_SPAN tokens)."""
     return _pow2(pages, max(1, MIN_SPAN // self.page))
 
   def _flat(self, live: list[tuple[int, _Seq]], n_slots: int) -> FlatPages:
-    """The live rows' pages listed flat, padded to a power of two (>= MIN_SPAN tokens) with masked entries."""
+    """The live rows' pages listed flat, padded to a power of two (>= MIN_SPAN tokens per slot: fewer decode
+    programs, for attention over a few padding pages) with masked entries."""
     pages, rows, first = [], [], []
     start = np.zeros((n_slots,), np.int32)
     for i, s in live:
@@ -425,7 +454,7 @@ class _Run:
       pages += s.pages
       rows += [i] * len(s.pages)
       first += [k * self.page for k in range(len(s.pages))]
-    n = self._span(len(pages))
+    n = _pow2(len(pages), max(1, n_slots * MIN_SPAN // self.page))
     pad = n - len(pages)
     as_i32 = lambda x: jnp.asarray(np.asarray(x, np.int32))  # noqa: E731
     return FlatPages(pages=as_i32(pages + [0] * pad), row=as_i32(rows + [n_slots - 1] * pad),

@@ -183,17 +183,31 @@ def test_shared_prefixes_prefill_once_same_results(model):
 
 
 def test_compile_count_bounded_over_varied_lengths(model):
-  sp = SamplingParams(temperature=0.8, max_new_tokens=10, seed=1)
-  generate_paged(model, PROMPTS, sp, engine=EC)
-  before = eng.compile_counts()
+  # Prefill packs the pieces of several rows into one fixed buffer (2 blocks of 8 tokens here), so its programs
+  # depend on nothing but the attention span (pages read per block, a power of two >= 128 tokens); decode's on
+  # the flat pages bucket (>= 128 tokens per slot) and the slots (min(engine.slots, rows rounded up to a power
+  # of two)). A fixed pool, so the pool's shape is the same for every call.
+  ec = EngineConfig(page_size=8, slots=4, prefill_chunk=16, decode_steps=4, num_pages=128)
+  eng.prefill_fn.clear_cache()
+  eng.decode_fn.clear_cache()
+  assert eng.compile_counts() == {"prefill": 0, "decode": 0}
   rng = np.random.default_rng(3)
-  for trial in range(3):                                             # new lengths, same buckets: no new program
-    prompts = [[int(x) for x in rng.integers(1, 512, n)] for n in rng.integers(1, 41, 7)]
-    generate_paged(model, prompts, sp.replace(seed=trial), engine=EC, max_new_tokens=list(rng.integers(1, 11, 7)))
-  after = eng.compile_counts()
-  # prefill: rows {1, 2, 4} x chunk {16} x span {16 pages}; decode: one span. Nothing grows with the lengths.
-  assert after["decode"] - before["decode"] == 0
-  assert after["prefill"] <= before["prefill"] + 3
+  sp = SamplingParams(temperature=0.8, max_new_tokens=10, seed=1)
+  for trial in range(4):                                             # rows, pieces, lengths and caps all vary
+    n = int(rng.integers(4, 9))                                      # >= 4 rows: the 4 slots are all used
+    prompts = [[int(x) for x in rng.integers(1, 512, k)] for k in rng.integers(1, 101, n)]
+    caps = [int(c) for c in rng.integers(1, 11, n)]
+    got = generate_paged(model, prompts, sp.replace(seed=trial), engine=ec, max_new_tokens=caps)
+    if trial == 0:                                                   # the packed calls still give the same rows
+      want = generate(model, prompts, sp.replace(seed=trial))
+      assert got.tokens == [t[:c] for t, c in zip(want.tokens, caps)]
+  assert eng.compile_counts() == {"prefill": 1, "decode": 1}         # every span <= 16 pages, flat <= 4 x 14 pages
+  # A 200-token prompt needs a 32-page span for its last pieces: one more prefill program, nothing else.
+  long = [[int(x) for x in rng.integers(1, 512, 200)]] + [[5, 6, 7]] * 3
+  got = generate_paged(model, long, sp, engine=ec, max_new_tokens=[4, 2, 3, 4])
+  want = generate(model, long, sp)
+  assert got.tokens == [t[:c] for t, c in zip(want.tokens, [4, 2, 3, 4])]
+  assert eng.compile_counts() == {"prefill": 2, "decode": 1}
 
 
 def test_bad_input_errors(model):
