@@ -38,11 +38,12 @@ import numpy as np
 from flax import nnx
 
 from resd_jax.parallel import placement
+from resd_jax.parallel import sharding as shd
 from resd_jax.sampling import sampler as static
 from resd_jax.sampling.draw import draw, kcap_for
 from resd_jax.sampling.paged_attention import decode_attention_impl
-from resd_jax.sampling.paged_cache import (PageAllocator, PagePool, PrefixIndex, bytes_per_page, empty_pool,
-                                           free_memory_bytes, pages_for_budget)
+from resd_jax.sampling.paged_cache import (POOL_AXES, PageAllocator, PagePool, PrefixIndex, bytes_per_page,
+                                           empty_pool, free_memory_bytes, pages_for_budget)
 from resd_jax.sampling.paged_forward import FlatPages, paged_forward
 from resd_jax.sampling.params import SamplingParams
 
@@ -120,13 +121,13 @@ def _prefill(graphdef, params, pool: PagePool, tokens, positions, valid, page_ta
   tokens / positions / valid [NB, Q] (a block holds tokens of one row; valid False = padding, written to the
   trash page), page_table [NB, nb] (each block's row's pages). Draws a token from the logits at the flat
   indices last_idx [NB] (into NB * Q) with fold_in(keys, steps) [NB] (the host uses the entries of rows whose
-  final chunk this is)."""
+  final chunk this is); also returns those hidden states h [NB, D] (a whole prompt's is kept for its sharers)."""
   model = nnx.merge(graphdef, params)
   hidden, pool = paged_forward(model, pool, tokens, positions, valid, page_table, attn_impl=attn_impl)
   nb, q, d = hidden.shape
   h = jnp.take(hidden.reshape(nb * q, d), last_idx, axis=0)                   # [NB, D]
   tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
-  return pool, tok, lp, slp
+  return pool, tok, lp, slp, h
 
 
 def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatPages | None, knobs: static.Knobs,
@@ -159,14 +160,26 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatP
   return pool, st, out
 
 
+def _share(graphdef, params, pool: PagePool, src, dst, h, keys, steps, knobs: static.Knobs, *, k_cap: int):
+  """Rows that share a whole prompt with a row that prefilled it: copy the prompt's last partial page src [R]
+  into the row's own page dst [R] (copy on write; 0 -> 0 for padding entries: the trash page), and draw each
+  row's first token from the prompt's final hidden state h [R, D] with its own key fold_in(keys, steps)."""
+  model = nnx.merge(graphdef, params)
+  pool = PagePool(k=pool.k.at[:, dst].set(pool.k[:, src]), v=pool.v.at[:, dst].set(pool.v[:, src]))
+  pool = PagePool(k=shd.constrain(pool.k, POOL_AXES), v=shd.constrain(pool.v, POOL_AXES))
+  tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
+  return pool, tok, lp, slp
+
+
 prefill_fn = jax.jit(_prefill, static_argnums=(0,), static_argnames=("k_cap", "attn_impl"), donate_argnums=(2,))
 decode_fn = jax.jit(_decode, static_argnums=(0,), static_argnames=("k_cap", "n_steps", "attn_impl"),
                     donate_argnums=(2,))
+share_fn = jax.jit(_share, static_argnums=(0,), static_argnames=("k_cap",), donate_argnums=(2,))
 
 
 def compile_counts() -> dict[str, int]:
-  """Programs the engine's prefill and decode jits hold."""
-  return {"prefill": prefill_fn._cache_size(), "decode": decode_fn._cache_size()}
+  """Programs the engine's prefill, decode and share (copy-on-write) jits hold."""
+  return {"prefill": prefill_fn._cache_size(), "decode": decode_fn._cache_size(), "share": share_fn._cache_size()}
 
 
 # ------------------------------------------------------------------------------------------------ host side
@@ -181,8 +194,10 @@ class _Seq:
   pages: list[int] = dataclasses.field(default_factory=list)
   cached: int = 0          # tokens whose keys / values are in the pages
   target: int = 0          # prefill until `cached` reaches this (len(prompt + gen) at admission)
-  state: str = "wait"      # wait | prefill | decode | done
+  state: str = "wait"      # wait | prefill | share (whole prompt shared, first token pending) | decode | done
   order: int = 0           # admission counter (the last admitted is preempted first)
+  h: Any = None            # final-normed hidden state [D] at the prompt's last position (whole prompt in cache)
+  cow_src: int = -1        # page to copy into this row's last page before it decodes (-1: none pending)
   finish: str = ""
 
   @property
@@ -313,15 +328,24 @@ class _Run:
     self.stops = set(params.stop_token_ids)
     self.impl = decode_attention_impl()
     self.admitted = 0
+    self.tails: dict[tuple[int, ...], _Seq] = {}   # whole prompt -> a live row holding all of it and its h
     self.qblock, self.nblk = prefill_blocks(ec, static._batch_sharding()[1])
     self.stats = {"prefill_calls": 0, "decode_calls": 0, "preemptions": 0, "shared_pages": 0,
                   "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_buffer_tokens": 0,
-                  "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
+                  "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "cow_rows": 0, "cow_pages": 0, "share_calls": 0}
 
   # ----- pages
   def _release(self, s: _Seq) -> None:
     self.prefix.drop(self.alloc.release(s.pages))
     s.pages = []
+    key = tuple(s.prompt)
+    if self.tails.get(key) is s:     # hand the prompt's tail to another live holder, if any
+      del self.tails[key]
+      for o in self.slots:
+        if o is not None and o is not s and o.h is not None and o.prompt == s.prompt and o.pages:
+          self.tails[key] = o
+          break
+    s.h = None
 
   def _grow(self, s: _Seq, tokens: int) -> None:
     more = _pages(tokens, self.page) - len(s.pages)
@@ -346,11 +370,17 @@ class _Run:
   def loop(self, seqs: list[_Seq]) -> None:
     waiting = collections.deque(seqs)
     while waiting or any(self.slots):
-      self._admit(waiting)
+      self._admit_and_share(waiting)
       if any(s is not None and s.state == "prefill" for s in self.slots):
         self._prefill_round()
+        self._admit_and_share(waiting)   # rows that waited for a prompt prefilled just now join before decoding
       if any(s is not None and s.state == "decode" for s in self.slots):
         self._decode_round(waiting)
+
+  def _admit_and_share(self, waiting: collections.deque) -> None:
+    self._admit(waiting)
+    if any(s is not None and s.state == "share" for s in self.slots):
+      self._share_round()
 
   def _headroom(self) -> int:
     live = sum(s is not None for s in self.slots)
@@ -365,10 +395,31 @@ class _Run:
       s = waiting[0]
       full = s.full
       head = full[:self.page]
-      if self.ec.share_prefixes and len(full) > self.page and any(
-          o.state == "prefill" and (o.prompt[:self.page] if len(o.prompt) >= self.page else o.full[:self.page]) == head
+      if self.ec.share_prefixes and any(
+          o.state == "prefill" and ((len(full) > self.page and o.full[:self.page] == head) or o.full == full)
           for o in self.slots if o is not None):
         return   # a row with the same first page is being prefilled: wait for its pages, then share them
+      donor = self.tails.get(tuple(full)) if self.ec.share_prefixes and not s.gen else None
+      if donor is not None:            # the whole prompt is in the pool: share it, copy its partial last page
+        whole, part = divmod(len(full), self.page)
+        need = 1 if part else 0
+        if need + self._headroom() > self.alloc.free and any(self.slots):
+          return
+        if need > self.alloc.free:
+          return
+        waiting.popleft()
+        shared = donor.pages[:whole]
+        self.alloc.retain(shared)
+        s.pages = list(shared) + self.alloc.alloc(need)
+        s.cow_src = donor.pages[whole] if part else 0
+        s.h, s.cached, s.target, s.state = donor.h, len(full), len(full), "share"
+        self.stats["shared_pages"] += whole
+        self.stats["cow_rows"] += 1
+        self.stats["cow_pages"] += need
+        s.order = self.admitted
+        self.admitted += 1
+        self.slots[slot] = s
+        continue
       shared = self.prefix.match(full, len(full) - 1) if self.ec.share_prefixes else []
       need = _pages(len(full), self.page) - len(shared)
       if need + self._headroom() > self.alloc.free and any(self.slots):
@@ -424,13 +475,13 @@ class _Run:
         table[b0:b0 + _pages(m, q), :len(got)] = got
       keys = self.row_keys[jnp.asarray(key_rows)]
       t0 = time.perf_counter()
-      self.pool, tok, lp, slp = prefill_fn(
+      self.pool, tok, lp, slp, h = prefill_fn(
           self.graphdef, self.state, self.pool, self._put(toks), self._put(pos), self._put(valid), self._put(table),
           self._put(last), keys, self._put(steps), self.knobs, k_cap=self.k_cap, attn_impl="xla")
       self.stats["prefill_calls"] += 1
       self.stats["prefill_tokens"] += sum(m for _, m, _, _ in placed)
       self.stats["prefill_buffer_tokens"] += nblk * q
-      tok, lp, slp = placement.to_host((tok, lp, slp))
+      tok, lp, slp, h = placement.to_host((tok, lp, slp, h))
       self.stats["prefill_s"] += time.perf_counter() - t0
       for s, m, _, e in placed:
         s.cached += m
@@ -438,7 +489,38 @@ class _Run:
           self.prefix.add(s.full, s.pages, s.cached)
         if s.cached == s.target:
           s.state = "decode"
+          if self.ec.share_prefixes and not s.gen:   # whole prompt in the pool: rows with the same prompt share it
+            s.h = h[e]
+            self.tails.setdefault(tuple(s.prompt), s)
           self._record(s, [int(tok[e])], [float(lp[e])], [float(slp[e])])
+
+  def _share_round(self) -> None:
+    """Rows admitted onto a whole shared prompt: copy the prompt's partial last page into their own page and
+    draw their first tokens from the prompt's final hidden state (calls of nblk rows)."""
+    rows = [s for s in self.slots if s is not None and s.state == "share"]
+    r = self.nblk
+    for i in range(0, len(rows), r):
+      part = rows[i:i + r]
+      src = np.zeros((r,), np.int32)
+      dst = np.zeros((r,), np.int32)
+      h = np.zeros((r, self.cfg.hidden_size), np.float32)
+      steps = np.zeros((r,), np.int32)
+      key_rows = np.zeros((r,), np.int32)
+      for j, s in enumerate(part):
+        if s.cow_src > 0:
+          src[j], dst[j] = s.cow_src, s.pages[-1]
+        h[j], key_rows[j] = s.h, s.idx
+      t0 = time.perf_counter()
+      self.pool, tok, lp, slp = share_fn(self.graphdef, self.state, self.pool, self._put(src), self._put(dst),
+                                         self._put(h), self.row_keys[jnp.asarray(key_rows)], self._put(steps),
+                                         self.knobs, k_cap=self.k_cap)
+      tok, lp, slp = placement.to_host((tok, lp, slp))
+      self.stats["prefill_s"] += time.perf_counter() - t0
+      self.stats["share_calls"] += 1
+      for j, s in enumerate(part):
+        s.cow_src, s.state = -1, "decode"
+        self.tails.setdefault(tuple(s.prompt), s)
+        self._record(s, [int(tok[j])], [float(lp[j])], [float(slp[j])])
 
   def _span(self, pages: int) -> int:
     """Pages the attention reads per row: a power of two >= pages (and >= MIN_SPAN tokens)."""
