@@ -14,10 +14,11 @@ fold_in(row key, t), greedy or sampled, whatever slot or batch it runs in. What 
 - Prefill is packed: each call runs a fixed buffer of `prefill_chunk` tokens (blocks of 16 tokens or a page,
   each block holding tokens of one row) into which the pieces of several rows are packed; a block attends over
   its own row's pages. A long prompt is cut into pieces over several calls, short ones share a call.
-- Prompts that share full pages of prefix (GRPO's G samples of one prompt, prompts with a common system text)
-  prefill them once and hold the same pages (reference counted). Only full pages are shared and at least one
-  token is always prefilled, so a shared page is never written again: the last partial page is recomputed
-  by each row rather than copied on write.
+- Prompts that share full pages of prefix (prompts with a common system text) prefill them once and hold the
+  same pages (reference counted), and prefill the rest (at least one token). Rows with the same whole prompt
+  (GRPO's G samples) prefill nothing: they share its full pages, get a copy of its partial last page (copy on
+  write) and draw their first token from its final hidden state with their own keys. A shared page is never
+  written again (rows write only past their prompt).
 - Stop tokens end a row on the device; stop strings are checked on the host after each decode call.
 
 Device programs: one prefill program per attention span (pages read per block: a power of two from 128 tokens
