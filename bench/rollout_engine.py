@@ -38,7 +38,7 @@ from flax import nnx
 from resd_jax.models import ModelConfig, Transformer
 from resd_jax.sampling import SamplingParams, generate
 from resd_jax.sampling import sampler as smp
-from resd_jax.sampling.engine import EngineConfig, generate_paged
+from resd_jax.sampling.engine import EngineConfig, compile_counts, generate_paged
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward import torch_peer  # noqa: E402
@@ -168,7 +168,8 @@ def part_skewed(args):
     if "engine" in sides:
       e, st = engine_rate(model, ps, cs, ec, args.iters)
       print(f"{name:8s} engine       {e:7.1f} tok/s   ({st['prefill_calls']} prefill calls, {st['prefill_s']:.1f} s; "
-            f"{st['decode_calls']} decode calls, {st['decode_s']:.1f} s; {st['preemptions']} preemptions)", flush=True)
+            f"{st['decode_calls']} decode calls, {st['decode_s']:.1f} s; {st['preemptions']} preemptions; programs "
+            f"so far {compile_counts()})", flush=True)
     if "static" in sides:
       s = static_rate(model, ps, cs, args.batch, args.iters)
       print(f"{name:8s} static       {s:7.1f} tok/s", flush=True)
