@@ -5,6 +5,9 @@
   python bench/rollout_engine.py --part flat     # decode step time, 256 live tokens, allocated max 1k..32k
   python bench/rollout_engine.py --part all
 
+  skewed options: --workload skewed|uniform|both, --sides engine,static,transformers (which to run),
+  --torch_threads N (torch.set_num_threads for the transformers peer; 1 was its best on a loaded 2-core CPU).
+
 Random weights, greedy, no stop tokens: every row generates exactly its max_new_tokens on every side, so the
 useful tokens (sum of the rows' max_new_tokens) are the same for all. Figures are useful tokens per second of
 the whole call (prefill + decode), measured on a second run after a warm-up run of the same workload that
@@ -35,7 +38,7 @@ from flax import nnx
 from resd_jax.models import ModelConfig, Transformer
 from resd_jax.sampling import SamplingParams, generate
 from resd_jax.sampling import sampler as smp
-from resd_jax.sampling.engine import EngineConfig, generate_paged
+from resd_jax.sampling.engine import EngineConfig, compile_counts, generate_paged
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward import torch_peer  # noqa: E402
@@ -99,8 +102,10 @@ def engine_rate(model, prompts, caps, ec: EngineConfig, iters: int) -> tuple[flo
   return sum(caps) / _timed(run, iters), dict(stats)
 
 
-def torch_rate(preset: str, prompts, caps, batch: int, iters: int) -> float:
+def torch_rate(preset: str, prompts, caps, batch: int, iters: int, threads: int = 0) -> float:
   import torch  # noqa: PLC0415
+  if threads:
+    torch.set_num_threads(threads)
   ref = torch_peer(preset).eval()
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
 
@@ -156,12 +161,24 @@ def part_skewed(args):
   print(f"skewed caps: sum {sum(caps)}, median {int(np.median(caps))}, max {max(caps)}; prompt lengths "
         f"{min(lens)}..{max(lens)}")
   for name, ps, cs in (("skewed", prompts, caps), ("uniform", uniform, ucaps)):
-    e, st = engine_rate(model, ps, cs, ec, args.iters)
-    s = static_rate(model, ps, cs, args.batch, args.iters)
-    t = None if args.skip_torch else torch_rate(preset, ps, cs, args.batch, args.iters)
-    tt = "" if t is None else f"   transformers {t:7.1f}"
-    print(f"{name:8s} engine {e:7.1f}   static {s:7.1f}{tt}   engine / static {e / s:.2f}x   "
-          f"(engine: {st['decode_calls']} decode calls, {st['preemptions']} preemptions)", flush=True)
+    if args.workload not in ("both", name):
+      continue
+    sides = args.sides.split(",")
+    e = s = t = None
+    if "engine" in sides:
+      e, st = engine_rate(model, ps, cs, ec, args.iters)
+      print(f"{name:8s} engine       {e:7.1f} tok/s   ({st['prefill_calls']} prefill calls, {st['prefill_s']:.1f} s; "
+            f"{st['decode_calls']} decode calls, {st['decode_s']:.1f} s; {st['preemptions']} preemptions; programs "
+            f"so far {compile_counts()})", flush=True)
+    if "static" in sides:
+      s = static_rate(model, ps, cs, args.batch, args.iters)
+      print(f"{name:8s} static       {s:7.1f} tok/s", flush=True)
+    if "transformers" in sides and not args.skip_torch:
+      t = torch_rate(preset, ps, cs, args.batch, args.iters, args.torch_threads)
+      print(f"{name:8s} transformers {t:7.1f} tok/s", flush=True)
+    if e is not None:
+      print(f"{name:8s} engine / static " + ("-" if s is None else f"{e / s:.2f}x") + ", engine / transformers "
+            + ("-" if t is None else f"{e / t:.2f}x"), flush=True)
 
 
 def part_flat(args):
@@ -212,6 +229,12 @@ def main():
   ap.add_argument("--n", type=int, default=64)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--skip_torch", action="store_true")
+  ap.add_argument("--workload", default="both", choices=("both", "skewed", "uniform"), help="skewed part only")
+  ap.add_argument("--torch_threads", type=int, default=0,
+                  help="torch.set_num_threads for the transformers peer (0: torch's default). On a loaded 2-core "
+                       "machine 1 thread was 13x faster per decode step than torch's default 2")
+  ap.add_argument("--sides", default="engine,static,transformers",
+                  help="skewed part: which of engine,static,transformers to run (split a long run in several)")
   args = ap.parse_args()
   print(f"machine: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cpus")
   for part in ("mixed", "skewed", "flat"):

@@ -9,18 +9,22 @@ fold_in(row key, t), greedy or sampled, whatever slot or batch it runs in. What 
   does not fit waits; nothing is dropped). When running rows need more pages than are free, the row admitted
   last is preempted (its pages freed) and later re-prefilled with the tokens it has generated so far, so it
   continues exactly where it stopped (same keys, same tokens).
-- The KV cache is a pool of pages (`paged_cache.py`); decode attention reads the pages of a bucket (a power of
-  two pages) of the longest live row, so a step costs what the rows hold, not the allocated maximum.
-- Prefill is per row, in chunks of at most `prefill_chunk` tokens padded to a power of two: a long prompt
-  costs its own tokens, and rows with chunks of the same bucket share one call.
-- Prompts that share full pages of prefix (GRPO's G samples of one prompt, prompts with a common system text)
-  prefill them once and hold the same pages (reference counted). Only full pages are shared and at least one
-  token is always prefilled, so a shared page is never written again: the last partial page is recomputed
-  by each row rather than copied on write.
+- The KV cache is a pool of pages (`paged_cache.py`); decode attention reads the live rows' pages listed flat
+  (a power-of-two bucket of their total), so a step costs what the rows hold, not the allocated maximum.
+- Prefill is packed: each call runs a fixed buffer of `prefill_chunk` tokens (blocks of 16 tokens or a page,
+  each block holding tokens of one row) into which the pieces of several rows are packed; a block attends over
+  its own row's pages. A long prompt is cut into pieces over several calls, short ones share a call.
+- Prompts that share full pages of prefix (prompts with a common system text) prefill them once and hold the
+  same pages (reference counted), and prefill the rest (at least one token). Rows with the same whole prompt
+  (GRPO's G samples) prefill nothing: they share its full pages, get a copy of its partial last page (copy on
+  write) and draw their first token from its final hidden state with their own keys. A shared page is never
+  written again (rows write only past their prompt).
 - Stop tokens end a row on the device; stop strings are checked on the host after each decode call.
 
-Device programs: one prefill program per (rows bucket, chunk bucket, pages bucket) and one decode program per
-pages bucket (slots and steps per call are fixed), so the compile count is bounded by the number of buckets.
+Device programs: one prefill program per attention span (pages read per block: a power of two from 128 tokens
+up to the longest row's prompt) and one decode program per flat-pages bucket (a power of two from 128 tokens
+per slot); the buffer, slots and steps per call are fixed, so the count does not grow with the number of rows
+or the prompt lengths beyond those log2 buckets.
 """
 from __future__ import annotations
 
@@ -35,11 +39,12 @@ import numpy as np
 from flax import nnx
 
 from resd_jax.parallel import placement
+from resd_jax.parallel import sharding as shd
 from resd_jax.sampling import sampler as static
 from resd_jax.sampling.draw import draw, kcap_for
 from resd_jax.sampling.paged_attention import decode_attention_impl
-from resd_jax.sampling.paged_cache import (PageAllocator, PagePool, PrefixIndex, bytes_per_page, empty_pool,
-                                           free_memory_bytes, pages_for_budget)
+from resd_jax.sampling.paged_cache import (POOL_AXES, PageAllocator, PagePool, PrefixIndex, bytes_per_page,
+                                           empty_pool, free_memory_bytes, pages_for_budget)
 from resd_jax.sampling.paged_forward import FlatPages, paged_forward
 from resd_jax.sampling.params import SamplingParams
 
@@ -113,13 +118,17 @@ def _draw(logits, keys, steps, knobs: static.Knobs, k_cap: int):
 
 def _prefill(graphdef, params, pool: PagePool, tokens, positions, valid, page_table, last_idx, keys, steps,
              knobs: static.Knobs, *, k_cap: int, attn_impl: str):
-  """One chunk per row: tokens / positions / valid [R, C], page_table [R, nb]; draws a token from the logits
-  at last_idx [R] with fold_in(keys, steps) (used by the host only for a row's final chunk)."""
+  """One packed prefill call: the chunks of several rows in a fixed buffer of NB query blocks of Q tokens,
+  tokens / positions / valid [NB, Q] (a block holds tokens of one row; valid False = padding, written to the
+  trash page), page_table [NB, nb] (each block's row's pages). Draws a token from the logits at the flat
+  indices last_idx [NB] (into NB * Q) with fold_in(keys, steps) [NB] (the host uses the entries of rows whose
+  final chunk this is); also returns those hidden states h [NB, D] (a whole prompt's is kept for its sharers)."""
   model = nnx.merge(graphdef, params)
   hidden, pool = paged_forward(model, pool, tokens, positions, valid, page_table, attn_impl=attn_impl)
-  h = jnp.take_along_axis(hidden, last_idx[:, None, None], axis=1)[:, 0]    # [R, D]
+  nb, q, d = hidden.shape
+  h = jnp.take(hidden.reshape(nb * q, d), last_idx, axis=0)                   # [NB, D]
   tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
-  return pool, tok, lp, slp
+  return pool, tok, lp, slp, h
 
 
 def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatPages | None, knobs: static.Knobs,
@@ -152,14 +161,26 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatP
   return pool, st, out
 
 
+def _share(graphdef, params, pool: PagePool, src, dst, h, keys, steps, knobs: static.Knobs, *, k_cap: int):
+  """Rows that share a whole prompt with a row that prefilled it: copy the prompt's last partial page src [R]
+  into the row's own page dst [R] (copy on write; 0 -> 0 for padding entries: the trash page), and draw each
+  row's first token from the prompt's final hidden state h [R, D] with its own key fold_in(keys, steps)."""
+  model = nnx.merge(graphdef, params)
+  pool = PagePool(k=pool.k.at[:, dst].set(pool.k[:, src]), v=pool.v.at[:, dst].set(pool.v[:, src]))
+  pool = PagePool(k=shd.constrain(pool.k, POOL_AXES), v=shd.constrain(pool.v, POOL_AXES))
+  tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
+  return pool, tok, lp, slp
+
+
 prefill_fn = jax.jit(_prefill, static_argnums=(0,), static_argnames=("k_cap", "attn_impl"), donate_argnums=(2,))
 decode_fn = jax.jit(_decode, static_argnums=(0,), static_argnames=("k_cap", "n_steps", "attn_impl"),
                     donate_argnums=(2,))
+share_fn = jax.jit(_share, static_argnums=(0,), static_argnames=("k_cap",), donate_argnums=(2,))
 
 
 def compile_counts() -> dict[str, int]:
-  """Programs the engine's prefill and decode jits hold."""
-  return {"prefill": prefill_fn._cache_size(), "decode": decode_fn._cache_size()}
+  """Programs the engine's prefill, decode and share (copy-on-write) jits hold."""
+  return {"prefill": prefill_fn._cache_size(), "decode": decode_fn._cache_size(), "share": share_fn._cache_size()}
 
 
 # ------------------------------------------------------------------------------------------------ host side
@@ -174,8 +195,10 @@ class _Seq:
   pages: list[int] = dataclasses.field(default_factory=list)
   cached: int = 0          # tokens whose keys / values are in the pages
   target: int = 0          # prefill until `cached` reaches this (len(prompt + gen) at admission)
-  state: str = "wait"      # wait | prefill | decode | done
+  state: str = "wait"      # wait | prefill | share (whole prompt shared, first token pending) | decode | done
   order: int = 0           # admission counter (the last admitted is preempted first)
+  h: Any = None            # final-normed hidden state [D] at the prompt's last position (whole prompt in cache)
+  cow_src: int = -1        # page to copy into this row's last page before it decodes (-1: none pending)
   finish: str = ""
 
   @property
@@ -189,6 +212,15 @@ def _pow2(n: int, minimum: int = 1) -> int:
 
 def _pages(tokens: int, page: int) -> int:
   return -(-tokens // page)
+
+
+def prefill_blocks(ec: EngineConfig, divisor: int = 1) -> tuple[int, int]:
+  """(qblock, nblk): a prefill call's buffer is nblk query blocks of qblock tokens (qblock = min(page, 16,
+  prefill_chunk); nblk = prefill_chunk / qblock, rounded up to a multiple of the mesh's batch divisor). A block
+  holds tokens of one row, so a call packs the pieces of up to nblk rows."""
+  q = min(ec.page_size, MIN_CHUNK, ec.prefill_chunk)
+  nblk = -(-(ec.prefill_chunk // q) // divisor) * divisor
+  return q, nblk
 
 
 def pool_pages(cfg: Any, ec: EngineConfig, longest: int, slots: int) -> int:
@@ -297,14 +329,24 @@ class _Run:
     self.stops = set(params.stop_token_ids)
     self.impl = decode_attention_impl()
     self.admitted = 0
+    self.tails: dict[tuple[int, ...], _Seq] = {}   # whole prompt -> a live row holding all of it and its h
+    self.qblock, self.nblk = prefill_blocks(ec, static._batch_sharding()[1])
     self.stats = {"prefill_calls": 0, "decode_calls": 0, "preemptions": 0, "shared_pages": 0,
-                  "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_s": 0.0,
-                  "decode_s": 0.0, "decode_steps": 0}
+                  "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_buffer_tokens": 0,
+                  "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "cow_rows": 0, "cow_pages": 0, "share_calls": 0}
 
   # ----- pages
   def _release(self, s: _Seq) -> None:
     self.prefix.drop(self.alloc.release(s.pages))
     s.pages = []
+    key = tuple(s.prompt)
+    if self.tails.get(key) is s:     # hand the prompt's tail to another live holder, if any
+      del self.tails[key]
+      for o in self.slots:
+        if o is not None and o is not s and o.h is not None and o.prompt == s.prompt and o.pages:
+          self.tails[key] = o
+          break
+    s.h = None
 
   def _grow(self, s: _Seq, tokens: int) -> None:
     more = _pages(tokens, self.page) - len(s.pages)
@@ -329,11 +371,17 @@ class _Run:
   def loop(self, seqs: list[_Seq]) -> None:
     waiting = collections.deque(seqs)
     while waiting or any(self.slots):
-      self._admit(waiting)
+      self._admit_and_share(waiting)
       if any(s is not None and s.state == "prefill" for s in self.slots):
         self._prefill_round()
+        self._admit_and_share(waiting)   # rows that waited for a prompt prefilled just now join before decoding
       if any(s is not None and s.state == "decode" for s in self.slots):
         self._decode_round(waiting)
+
+  def _admit_and_share(self, waiting: collections.deque) -> None:
+    self._admit(waiting)
+    if any(s is not None and s.state == "share" for s in self.slots):
+      self._share_round()
 
   def _headroom(self) -> int:
     live = sum(s is not None for s in self.slots)
@@ -348,10 +396,31 @@ class _Run:
       s = waiting[0]
       full = s.full
       head = full[:self.page]
-      if self.ec.share_prefixes and len(full) > self.page and any(
-          o.state == "prefill" and (o.prompt[:self.page] if len(o.prompt) >= self.page else o.full[:self.page]) == head
+      if self.ec.share_prefixes and any(
+          o.state == "prefill" and ((len(full) > self.page and o.full[:self.page] == head) or o.full == full)
           for o in self.slots if o is not None):
         return   # a row with the same first page is being prefilled: wait for its pages, then share them
+      donor = self.tails.get(tuple(full)) if self.ec.share_prefixes and not s.gen else None
+      if donor is not None:            # the whole prompt is in the pool: share it, copy its partial last page
+        whole, part = divmod(len(full), self.page)
+        need = 1 if part else 0
+        if need + self._headroom() > self.alloc.free and any(self.slots):
+          return
+        if need > self.alloc.free:
+          return
+        waiting.popleft()
+        shared = donor.pages[:whole]
+        self.alloc.retain(shared)
+        s.pages = list(shared) + self.alloc.alloc(need)
+        s.cow_src = donor.pages[whole] if part else 0
+        s.h, s.cached, s.target, s.state = donor.h, len(full), len(full), "share"
+        self.stats["shared_pages"] += whole
+        self.stats["cow_rows"] += 1
+        self.stats["cow_pages"] += need
+        s.order = self.admitted
+        self.admitted += 1
+        self.slots[slot] = s
+        continue
       shared = self.prefix.match(full, len(full) - 1) if self.ec.share_prefixes else []
       need = _pages(len(full), self.page) - len(shared)
       if need + self._headroom() > self.alloc.free and any(self.slots):
@@ -371,53 +440,96 @@ class _Run:
     return static._put(x, self.mesh)
 
   def _prefill_round(self) -> None:
-    """One chunk for every row in prefill, rows of the same chunk bucket in one call."""
-    groups: dict[int, list[_Seq]] = collections.defaultdict(list)
-    for s in self.slots:
-      if s is not None and s.state == "prefill":
-        groups[_pow2(min(self.ec.prefill_chunk, s.target - s.cached), MIN_CHUNK)].append(s)
-    _, divisor = static._batch_sharding()
-    for c, rows in sorted(groups.items()):
-      r = static.batch_bucket(len(rows), divisor)
-      toks = np.zeros((r, c), np.int32)
-      pos = np.zeros((r, c), np.int32)
-      valid = np.zeros((r, c), bool)
-      last = np.zeros((r,), np.int32)
-      steps = np.zeros((r,), np.int32)
-      key_rows = np.zeros((r,), np.int32)
-      lens = []
-      for j, s in enumerate(rows):
-        m = min(c, s.target - s.cached)
-        toks[j, :m] = s.full[s.cached:s.cached + m]
-        pos[j, :m] = np.arange(s.cached, s.cached + m)
-        valid[j, :m] = True
-        last[j], steps[j], key_rows[j] = m - 1, len(s.gen), s.idx
-        lens.append(m)
-      nb = self._span(max(_pages(s.cached + m, self.page) for s, m in zip(rows, lens)))
-      table = self._table(rows, r, nb)
+    """Prefill calls until every row in prefill has had one piece: each call packs the pieces of several rows
+    (oldest admitted first) into the fixed buffer of `nblk` blocks of `qblock` tokens; a row's piece fills
+    whole blocks from the first free one, and a piece that does not fit is cut at the buffer's end (the rest
+    goes in the next round)."""
+    q, nblk = self.qblock, self.nblk
+    pending = sorted((s for s in self.slots if s is not None and s.state == "prefill"), key=lambda s: s.order)
+    while pending:
+      toks = np.zeros((nblk, q), np.int32)
+      pos = np.zeros((nblk, q), np.int32)
+      valid = np.zeros((nblk, q), bool)
+      last = np.zeros((nblk,), np.int32)          # flat index (block * q + column) of a row's last token
+      steps = np.zeros((nblk,), np.int32)
+      key_rows = np.zeros((nblk,), np.int32)
+      placed = []                                 # (seq, tokens, first block, entry in last / steps / keys)
+      b = 0
+      for s in pending:
+        if b == nblk:
+          break
+        m = min(s.target - s.cached, (nblk - b) * q)
+        at = np.arange(m)
+        blk, col = b + at // q, at % q
+        toks[blk, col] = s.full[s.cached:s.cached + m]
+        pos[blk, col] = s.cached + at
+        valid[blk, col] = True
+        e = len(placed)
+        last[e], steps[e], key_rows[e] = b * q + m - 1, len(s.gen), s.idx
+        placed.append((s, m, b, e))
+        b += _pages(m, q)
+      pending = pending[len(placed):]
+      nb = self._span(max(_pages(s.cached + m, self.page) for s, m, _, _ in placed))
+      table = np.zeros((nblk, nb), np.int32)
+      for s, m, b0, _ in placed:
+        got = s.pages[:nb]
+        table[b0:b0 + _pages(m, q), :len(got)] = got
       keys = self.row_keys[jnp.asarray(key_rows)]
       t0 = time.perf_counter()
-      self.pool, tok, lp, slp = prefill_fn(
+      self.pool, tok, lp, slp, h = prefill_fn(
           self.graphdef, self.state, self.pool, self._put(toks), self._put(pos), self._put(valid), self._put(table),
           self._put(last), keys, self._put(steps), self.knobs, k_cap=self.k_cap, attn_impl="xla")
       self.stats["prefill_calls"] += 1
-      self.stats["prefill_tokens"] += r * c
-      tok, lp, slp = placement.to_host((tok, lp, slp))
+      self.stats["prefill_tokens"] += sum(m for _, m, _, _ in placed)
+      self.stats["prefill_buffer_tokens"] += nblk * q
+      tok, lp, slp, h = placement.to_host((tok, lp, slp, h))
       self.stats["prefill_s"] += time.perf_counter() - t0
-      for j, (s, m) in enumerate(zip(rows, lens)):
+      for s, m, _, e in placed:
         s.cached += m
         if self.ec.share_prefixes:
           self.prefix.add(s.full, s.pages, s.cached)
         if s.cached == s.target:
           s.state = "decode"
-          self._record(s, [int(tok[j])], [float(lp[j])], [float(slp[j])])
+          if self.ec.share_prefixes and not s.gen:   # whole prompt in the pool: rows with the same prompt share it
+            s.h = h[e]
+            self.tails.setdefault(tuple(s.prompt), s)
+          self._record(s, [int(tok[e])], [float(lp[e])], [float(slp[e])])
+
+  def _share_round(self) -> None:
+    """Rows admitted onto a whole shared prompt: copy the prompt's partial last page into their own page and
+    draw their first tokens from the prompt's final hidden state (calls of nblk rows)."""
+    rows = [s for s in self.slots if s is not None and s.state == "share"]
+    r = self.nblk
+    for i in range(0, len(rows), r):
+      part = rows[i:i + r]
+      src = np.zeros((r,), np.int32)
+      dst = np.zeros((r,), np.int32)
+      h = np.zeros((r, self.cfg.hidden_size), np.float32)
+      steps = np.zeros((r,), np.int32)
+      key_rows = np.zeros((r,), np.int32)
+      for j, s in enumerate(part):
+        if s.cow_src > 0:
+          src[j], dst[j] = s.cow_src, s.pages[-1]
+        h[j], key_rows[j] = s.h, s.idx
+      t0 = time.perf_counter()
+      self.pool, tok, lp, slp = share_fn(self.graphdef, self.state, self.pool, self._put(src), self._put(dst),
+                                         self._put(h), self.row_keys[jnp.asarray(key_rows)], self._put(steps),
+                                         self.knobs, k_cap=self.k_cap)
+      tok, lp, slp = placement.to_host((tok, lp, slp))
+      self.stats["prefill_s"] += time.perf_counter() - t0
+      self.stats["share_calls"] += 1
+      for j, s in enumerate(part):
+        s.cow_src, s.state = -1, "decode"
+        self.tails.setdefault(tuple(s.prompt), s)
+        self._record(s, [int(tok[j])], [float(lp[j])], [float(slp[j])])
 
   def _span(self, pages: int) -> int:
     """Pages the attention reads per row: a power of two >= pages (and >= MIN_SPAN tokens)."""
     return _pow2(pages, max(1, MIN_SPAN // self.page))
 
   def _flat(self, live: list[tuple[int, _Seq]], n_slots: int) -> FlatPages:
-    """The live rows' pages listed flat, padded to a power of two (>= MIN_SPAN tokens) with masked entries."""
+    """The live rows' pages listed flat, padded to a power of two (>= MIN_SPAN tokens per slot: fewer decode
+    programs, for attention over a few padding pages) with masked entries."""
     pages, rows, first = [], [], []
     start = np.zeros((n_slots,), np.int32)
     for i, s in live:
@@ -425,7 +537,7 @@ class _Run:
       pages += s.pages
       rows += [i] * len(s.pages)
       first += [k * self.page for k in range(len(s.pages))]
-    n = self._span(len(pages))
+    n = _pow2(len(pages), max(1, n_slots * MIN_SPAN // self.page))
     pad = n - len(pages)
     as_i32 = lambda x: jnp.asarray(np.asarray(x, np.int32))  # noqa: E731
     return FlatPages(pages=as_i32(pages + [0] * pad), row=as_i32(rows + [n_slots - 1] * pad),

@@ -170,30 +170,57 @@ def test_small_pool_waits_and_preempts_without_changing_results(model):
 def test_shared_prefixes_prefill_once_same_results(model):
   sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=2)
   system = PROMPTS[3][:32]                                           # 4 full pages of common prefix
-  prompts = [PROMPTS[3]] * 4 + [system + [7, 8, 9], system + PROMPTS[1]]
+  # A group of 4 whole 40-token prompts (5 full pages), a group of 3 whole 30-token prompts (3 full pages + a
+  # partial one, copied on write for each sharer), a group of 2 three-token prompts (only a partial page), and
+  # two prompts that share the system prefix's full pages only.
+  # 16 slots: every row is admitted as soon as the row it waits for has prefilled, while that row still runs.
+  prompts = ([PROMPTS[3]] * 4 + [system + [7, 8, 9], system + PROMPTS[1]] + [PROMPTS[2]] * 3
+             + [PROMPTS[4]] * 2)
+  ec = EngineConfig(page_size=8, slots=16, prefill_chunk=16, decode_steps=4)
   on, off = {}, {}
-  got = generate_paged(model, prompts, sp, engine=EC, stats=on)
-  plain = generate_paged(model, prompts, sp, engine=EngineConfig(**{**EC.__dict__, "share_prefixes": False}),
+  got = generate_paged(model, prompts, sp, engine=ec, stats=on)
+  plain = generate_paged(model, prompts, sp, engine=EngineConfig(**{**ec.__dict__, "share_prefixes": False}),
                          stats=off)
   _same(got, generate(model, prompts, sp))
   _same(plain, got)
-  assert off["shared_pages"] == 0 and on["shared_pages"] >= 3 * 4 + 2 * 4
-  assert on["prefill_tokens"] < off["prefill_tokens"]
-  assert len({tuple(t) for t in got.tokens[:4]}) > 1                 # the group's samples differ (own keys)
+  assert off["shared_pages"] == 0 and off["cow_rows"] == 0
+  # every sharer of a whole prompt skips its prefill: 3 + 2 + 1 rows, one partial page copied for each of the
+  # 30- and 3-token prompts' sharers; the two system-prefix rows share its 4 full pages.
+  assert on["cow_rows"] == 6 and on["cow_pages"] == 3
+  assert on["shared_pages"] == 3 * 5 + 2 * 4 + 2 * 3
+  assert on["prefill_tokens"] == 40 + 3 + 17 + 30 + 3                # each prompt once, the system rows' tails
+  assert off["prefill_tokens"] == sum(map(len, prompts))
+  for group in (slice(0, 4), slice(6, 9), slice(9, 11)):             # the group's samples differ (own keys)
+    assert len({tuple(t) for t in got.tokens[group]}) > 1
 
 
 def test_compile_count_bounded_over_varied_lengths(model):
-  sp = SamplingParams(temperature=0.8, max_new_tokens=10, seed=1)
-  generate_paged(model, PROMPTS, sp, engine=EC)
-  before = eng.compile_counts()
+  # Prefill packs the pieces of several rows into one fixed buffer (2 blocks of 8 tokens here), so its programs
+  # depend on nothing but the attention span (pages read per block, a power of two >= 128 tokens); decode's on
+  # the flat pages bucket (>= 128 tokens per slot) and the slots (min(engine.slots, rows rounded up to a power
+  # of two)). A fixed pool, so the pool's shape is the same for every call.
+  ec = EngineConfig(page_size=8, slots=4, prefill_chunk=16, decode_steps=4, num_pages=128)
+  eng.prefill_fn.clear_cache()
+  eng.decode_fn.clear_cache()
+  eng.share_fn.clear_cache()
+  assert eng.compile_counts() == {"prefill": 0, "decode": 0, "share": 0}
   rng = np.random.default_rng(3)
-  for trial in range(3):                                             # new lengths, same buckets: no new program
-    prompts = [[int(x) for x in rng.integers(1, 512, n)] for n in rng.integers(1, 41, 7)]
-    generate_paged(model, prompts, sp.replace(seed=trial), engine=EC, max_new_tokens=list(rng.integers(1, 11, 7)))
-  after = eng.compile_counts()
-  # prefill: rows {1, 2, 4} x chunk {16} x span {16 pages}; decode: one span. Nothing grows with the lengths.
-  assert after["decode"] - before["decode"] == 0
-  assert after["prefill"] <= before["prefill"] + 3
+  sp = SamplingParams(temperature=0.8, max_new_tokens=10, seed=1)
+  for trial in range(4):                                             # rows, pieces, lengths and caps all vary
+    n = int(rng.integers(4, 9))                                      # >= 4 rows: the 4 slots are all used
+    prompts = [[int(x) for x in rng.integers(1, 512, k)] for k in rng.integers(1, 101, n)]
+    caps = [int(c) for c in rng.integers(1, 11, n)]
+    got = generate_paged(model, prompts, sp.replace(seed=trial), engine=ec, max_new_tokens=caps)
+    if trial == 0:                                                   # the packed calls still give the same rows
+      want = generate(model, prompts, sp.replace(seed=trial))
+      assert got.tokens == [t[:c] for t, c in zip(want.tokens, caps)]
+  assert eng.compile_counts() == {"prefill": 1, "decode": 1, "share": 0}       # every span <= 16 pages, flat <= 4 x 14 pages
+  # A 200-token prompt needs a 32-page span for its last pieces: one more prefill program, nothing else.
+  long = [[int(x) for x in rng.integers(1, 512, 200)]] + [[5, 6, 7]] * 3
+  got = generate_paged(model, long, sp, engine=ec, max_new_tokens=[4, 2, 3, 4])
+  want = generate(model, long, sp)
+  assert got.tokens == [t[:c] for t, c in zip(want.tokens, [4, 2, 3, 4])]
+  assert eng.compile_counts() == {"prefill": 2, "decode": 1, "share": 1}   # the three [5, 6, 7] rows share
 
 
 def test_bad_input_errors(model):
@@ -210,12 +237,15 @@ def test_bad_input_errors(model):
 @pytest.mark.slow
 def test_sharded_engine_equals_single_device(model):
   sp = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=8, seed=11)
-  want = generate(model, PROMPTS, sp)
+  prompts = PROMPTS + [PROMPTS[2]] * 2                               # two rows share a whole prompt (copy on write)
+  want = generate(model, prompts, sp)
   graphdef, state = nnx.split(model)
   mesh = make_mesh(data=2, fsdp=2, tensor=2)                         # slots over data x fsdp, kv heads over tensor
   with jax.set_mesh(mesh):
     sharded = jax.device_put(state, state_shardings(state, mesh))
-    _same(generate_paged((graphdef, sharded), PROMPTS, sp, engine=EC), want)
+    stats = {}
+    _same(generate_paged((graphdef, sharded), prompts, sp, engine=EC, stats=stats), want)
+  assert stats["cow_rows"] >= 1
 
 
 def test_config_block_checked_at_validation():
