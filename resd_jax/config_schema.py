@@ -72,7 +72,8 @@ def used_roles(cfg: Any) -> tuple[str, ...]:
   return tuple(algorithm_of(run).used_roles(run))
 
 
-def check_values(run: RunConfig) -> None:
+def check_values(run: Any) -> None:
+  run = as_run(run)  # a ConfigDict is read here
   algorithm_of(run)
   task_class_of(run)
   for name in ("batch_prompts", "samples_per_prompt", "inner_updates", "max_prompt_len", "max_response_len"):
@@ -91,9 +92,10 @@ def check_values(run: RunConfig) -> None:
                       "--config.train.max_steps to the run's length (> train.warmup_steps)")
 
 
-def check_engine(run: RunConfig) -> None:
+def check_engine(run: Any) -> None:
   """The rollout engine's knobs, and an explicit pool that holds one row of the longest prompt + response (a
   pool sized from free memory is checked against the model when the trainer starts)."""
+  run = as_run(run)  # a ConfigDict is read here
   try:
     ec = run.engine_config()
   except ValueError as e:
@@ -106,7 +108,8 @@ def check_engine(run: RunConfig) -> None:
                       f"the pool from free memory)")
 
 
-def check_batch(run: RunConfig, n_devices: int) -> None:
+def check_batch(run: Any, n_devices: int) -> None:
+  run = as_run(run)  # a ConfigDict is read here
   sizes = _mesh_sizes(run, n_devices)
   div = sizes["data"] * sizes["fsdp"]
   rows = rows_per_step(run)
@@ -122,7 +125,8 @@ def check_batch(run: RunConfig, n_devices: int) -> None:
                       f"multiples of mesh.data x mesh.fsdp = {div}; pick a micro_batches dividing {rows // div}")
 
 
-def check_model(run: RunConfig) -> None:
+def check_model(run: Any) -> None:
+  run = as_run(run)  # a ConfigDict is read here
   m = run.model
   if m.source not in MODEL_SOURCES:
     raise ConfigError(f"model.source={m.source!r} is not one of {MODEL_SOURCES}")
@@ -155,7 +159,8 @@ def check_model(run: RunConfig) -> None:
     raise ConfigError(f"model.{reason}; fix --config.model.{key}")
 
 
-def check_data(run: RunConfig) -> None:
+def check_data(run: Any) -> None:
+  run = as_run(run)  # a ConfigDict is read here
   needs_data = task_class_of(run).needs_data
   for split in ("train", "test"):
     path = getattr(run.data, f"{split}_path")
@@ -185,8 +190,9 @@ def check_roles(cfg: Any) -> None:
     raise ConfigError(str(e)) from None
 
 
-def check_lora(run: RunConfig) -> None:
+def check_lora(run: Any) -> None:
   """A PEFT adapter_path must be a directory with adapter_config.json; the LoRAConfig's own ranges."""
+  run = as_run(run)  # a ConfigDict is read here
   path = run.lora.adapter_path
   if run.lora.enabled and path and not (pathlib.Path(path).expanduser() / "adapter_config.json").is_file():
     raise ConfigError(f"lora.adapter_path={path!r} is not a PEFT adapter directory (no adapter_config.json); fix "

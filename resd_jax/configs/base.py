@@ -196,7 +196,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.engine.num_pages = 0         # pool size in pages; 0 = memory_fraction of free device memory (capped at need)
   c.engine.memory_fraction = 0.5  # share of free device memory for the pool when num_pages = 0
   c.engine.slots = 0             # rows decoded together; 0 = rollout.sample_batch
-  c.engine.prefill_chunk = 512   # longest prefill piece in tokens (power of two); long prompts prefill in chunks
+  c.engine.prefill_chunk = 512   # tokens per prefill call (power of two): pieces of several prompts are packed
+                                 # into it; a longer prompt prefills over several calls
   c.engine.decode_steps = 16     # decode steps per device call (admission / freeing between calls)
   c.engine.share_prefixes = True  # GRPO groups / common system text prefill once and share their pages
 

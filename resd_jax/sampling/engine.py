@@ -89,15 +89,6 @@ class EngineConfig:
 
 
 
-def engine_config(cfg: Any) -> EngineConfig:
-  """The EngineConfig of a run config (its `engine` block; slots = 0 takes rollout.sample_batch)."""
-  c = cfg.engine
-  return EngineConfig(page_size=int(c.page_size), num_pages=int(c.num_pages),
-                      memory_fraction=float(c.memory_fraction),
-                      slots=int(c.slots) or int(cfg.rollout.sample_batch), prefill_chunk=int(c.prefill_chunk),
-                      decode_steps=int(c.decode_steps), share_prefixes=bool(c.share_prefixes))
-
-
 # ------------------------------------------------------------------------------------------------ device side
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass

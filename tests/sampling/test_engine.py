@@ -65,6 +65,36 @@ def test_paged_attention_equals_dense_reference():
         np.testing.assert_allclose(got[b, i, h], (p / p.sum()) @ v[:n, h // g], atol=1e-5)
 
 
+def test_pallas_decode_kernel_in_tpu_interpret_mode_equals_dense_reference():
+  """The TPU kernel path (selected only on a TPU) run by Pallas' TPU interpreter on the CPU: pool layout, page
+  table and lengths reach the kernel right (one token too many or too few is off by 0.1-0.2 here). The
+  interpreter's arithmetic is not the TPU's: it lands 2.4e-3 from float64 where the XLA paths land 1e-5."""
+  pltpu = pytest.importorskip("jax.experimental.pallas.tpu")
+  if not hasattr(pltpu, "force_tpu_interpret_mode"):
+    pytest.skip("this jax has no TPU interpret mode")
+  from resd_jax.sampling.paged_attention import pallas_decode_attention
+  rng = np.random.default_rng(0)
+  b, h, kvh, dh, n_pages, page = 2, 4, 2, 128, 9, 16                 # the kernel wants Dh = 128
+  q = rng.normal(size=(b, 1, h, dh)).astype(np.float32)
+  kp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  vp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+  table = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int32)
+  q_pos = np.array([[40], [63]], np.int32)                           # 41 and 64 tokens held
+  with pltpu.force_tpu_interpret_mode():
+    got = np.asarray(pallas_decode_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.ones((b, 1), bool),
+                                             jnp.asarray(kp), jnp.asarray(vp), jnp.asarray(table),
+                                             dtype=jnp.float32))
+  g = h // kvh
+  for r in range(b):
+    n = q_pos[r, 0] + 1
+    k = np.concatenate([kp[p] for p in table[r]], 0).astype(np.float64)[:n]   # dense [n, KVH, Dh]
+    v = np.concatenate([vp[p] for p in table[r]], 0).astype(np.float64)[:n]
+    for j in range(h):
+      s = k[:, j // g] @ q[r, 0, j].astype(np.float64) / np.sqrt(dh)
+      w = np.exp(s - s.max())
+      np.testing.assert_allclose(got[r, 0, j], (w / w.sum()) @ v[:, j // g], atol=5e-3)
+
+
 def test_ragged_decode_attention_equals_dense_reference():
   rng = np.random.default_rng(2)
   n_pages, page, kvh, g, dh = 12, 4, 2, 2, 8
@@ -260,7 +290,7 @@ def test_config_block_checked_at_validation():
     cs.check_engine(c)
   c.engine.page_size = 16
   cs.check_engine(c)
-  assert eng.engine_config(c).slots == c.rollout.sample_batch        # slots = 0 takes rollout.sample_batch
+  assert cs.as_run(c).engine_config().slots == c.rollout.sample_batch  # slots = 0 takes rollout.sample_batch
 
 
 def test_startup_rejects_a_budget_too_small_for_one_row():
