@@ -135,8 +135,9 @@ def part_mixed(args):
   ec = EngineConfig(page_size=16, slots=8, prefill_chunk=512, decode_steps=16)
   print(f"\n## mixed: small preset ({args.dtype}), 8 rows, {args.new} new tokens each, useful tok/s")
   res = {}
+  sides = args.sides.split(",")
   for name, prompts in (("8 x 64", short), ("7 x 64 + 1 x 2000", mixed)):
-    s = static_rate(model, prompts, caps, 8, args.iters)
+    s = static_rate(model, prompts, caps, 8, args.iters) if "static" in sides else float("nan")
     e, st = engine_rate(model, prompts, caps, ec, args.iters)
     res[name] = (s, e)
     print(f"{name:20s} static {s:7.1f}   engine {e:7.1f}   (engine: prefill {st['prefill_s']:.2f} s, decode "

@@ -434,7 +434,8 @@ class _Run:
     """Prefill calls until every row in prefill has had one piece: each call packs the pieces of several rows
     (oldest admitted first) into the fixed buffer of `nblk` blocks of `qblock` tokens; a row's piece fills
     whole blocks from the first free one, and a piece that does not fit is cut at the buffer's end (the rest
-    goes in the next round)."""
+    goes in the next round). A call holds only pieces of one attention span (the first row's), so short
+    prompts packed together do not read the span of a long one that is prefilling at the same time."""
     q, nblk = self.qblock, self.nblk
     pending = sorted((s for s in self.slots if s is not None and s.state == "prefill"), key=lambda s: s.order)
     while pending:
@@ -445,11 +446,18 @@ class _Run:
       steps = np.zeros((nblk,), np.int32)
       key_rows = np.zeros((nblk,), np.int32)
       placed = []                                 # (seq, tokens, first block, entry in last / steps / keys)
-      b = 0
+      rest = []                                   # rows for a later call of this round
+      b, nb = 0, 0
       for s in pending:
         if b == nblk:
-          break
+          rest.append(s)
+          continue
         m = min(s.target - s.cached, (nblk - b) * q)
+        span = self._span(_pages(s.cached + m, self.page))
+        if nb and span != nb:   # one span per call: a short prompt's blocks never read a long prompt's span
+          rest.append(s)
+          continue
+        nb = span
         at = np.arange(m)
         blk, col = b + at // q, at % q
         toks[blk, col] = s.full[s.cached:s.cached + m]
@@ -459,8 +467,7 @@ class _Run:
         last[e], steps[e], key_rows[e] = b * q + m - 1, len(s.gen), s.idx
         placed.append((s, m, b, e))
         b += _pages(m, q)
-      pending = pending[len(placed):]
-      nb = self._span(max(_pages(s.cached + m, self.page) for s, m, _, _ in placed))
+      pending = rest
       table = np.zeros((nblk, nb), np.int32)
       for s, m, b0, _ in placed:
         got = s.pages[:nb]
