@@ -1,8 +1,6 @@
 """A second, frozen local model plays roles: loaded once (shared by roles naming the same model), on the
 policy's mesh, sampled with the role's settings and a per-(step, call) key; the policy is never called."""
 import contextlib
-import importlib.util
-import pathlib
 
 import jax
 import pytest
@@ -12,15 +10,12 @@ from resd_jax.parallel import sharding as shd
 from resd_jax.roles import roles_from_config
 from resd_jax.roles.binding import RoleBindings, load_local_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # ~20-50 s: loads a preset and compiles the sampler
 
 
 def tiny_cfg():
-  spec = importlib.util.spec_from_file_location("tiny_run", ROOT / "tests" / "algorithms" / "tiny_run.py")
-  m = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(m)
-  c = m.tiny_config("resd")
+  from tests.algorithms.tiny_run import tiny_config  # one module object per process: tiny_words registers once
+  c = tiny_config("resd")
   for name in ("reflector", "curator"):
     r = c.roles[name]
     r.backend, r.model_source, r.model_path, r.max_new_tokens, r.temperature = "local", "preset", "tiny", 6, 0.0
