@@ -10,14 +10,13 @@ returns the RunConfig.
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import pathlib
 import re
 from typing import Any
 
-from resd_jax.run_config import ConfigError, RunConfig, flatten, known_keys
+from resd_jax.run_config import ConfigError, RunConfig, closest_key_hint, flatten
 
 # Fidelity switches with a fixed set of values (docs/FIDELITY.md); the rest are checked by the typed configs.
 CHOICES = {"distill.is_level": ("none", "token"), "eval.best_of": ("exact", "bootstrap"),
@@ -203,7 +202,7 @@ def check_lora(run: Any) -> None:
     raise ConfigError(f"config lora: {e}; fix --config.lora.*") from None
 
 
-def check_typed(run: RunConfig, n_devices: int) -> None:
+def check_typed(run: RunConfig) -> None:
   """The library's typed configs of this run build (each checks its own ranges)."""
   algo = algorithm_of(run)
   try:
@@ -228,7 +227,7 @@ def validate(cfg: Any, n_devices: int) -> RunConfig:
   check_roles(run)
   check_lora(run)
   task_class_of(run).check_run(run)
-  check_typed(run, n_devices)
+  check_typed(run)
   if run.workdir:
     check_workdir(run.workdir)
   return run
@@ -271,9 +270,6 @@ def absl_flags_parser(argv: list[str]) -> list[str]:
     for arg in bad:
       key = arg[len("--config."):].split("=", 1)[0]
       if missing and key.rsplit(".", 1)[-1] == missing.group(1):
-        known = known_keys()
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see resd_jax/configs/base.py for the known keys"
-        raise SystemExit(f"config error: unknown config key '{key}' in {arg}; {hint}") from None
+        raise SystemExit(f"config error: unknown config key '{key}' in {arg}; {closest_key_hint(key)}") from None
     raise SystemExit(f"config error: {text} (overrides given: {' '.join(bad) or 'none'}); override only keys "
                      f"listed in resd_jax/configs/base.py, with values of the same type") from None

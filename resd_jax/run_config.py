@@ -441,10 +441,14 @@ def known_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
   return out
 
 
-def unknown_key_error(key: str) -> ConfigError:
+def closest_key_hint(key: str) -> str:
+  """"did you mean '<the closest known key>'?" (or where the known keys are listed)."""
   close = difflib.get_close_matches(key, known_keys(), n=1)
-  hint = f"did you mean '{close[0]}'?" if close else "see resd_jax/configs/base.py for the known keys"
-  return ConfigError(f"unknown config key '{key}'; {hint}")
+  return f"did you mean '{close[0]}'?" if close else "see resd_jax/configs/base.py for the known keys"
+
+
+def unknown_key_error(key: str) -> ConfigError:
+  return ConfigError(f"unknown config key '{key}'; {closest_key_hint(key)}")
 
 
 def _check_keys(raw: Mapping[str, Any]) -> None:
