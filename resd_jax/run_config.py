@@ -317,6 +317,13 @@ class RunConfig:
                       temperature=r.temperature if r.temperature > 0 else 1.0, chunk_size=self.distill.chunk,
                       std_ddof=1 if g.std == "sample" else 0, aggregation=g.aggregation)
 
+  def eval_sampling(self):
+    """sampling.SamplingParams of validation (`eval.*`; max_response_len 0 = the rollout's)."""
+    from resd_jax.sampling import SamplingParams
+    e = self.eval
+    return SamplingParams(temperature=e.temperature, top_p=e.top_p,
+                          max_new_tokens=e.max_response_len or self.rollout.max_response_len)
+
   def step_config(self):
     from resd_jax.train.step import StepConfig
     t = self.train

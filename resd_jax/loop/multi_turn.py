@@ -141,9 +141,9 @@ class Episodes:
     return batch
 
   def grpo_batch(self, kit: Any) -> GRPOBatch:
-    g = kit.run.grpo
+    g = kit.run.grpo_config()
     return grpo_turn_batch(self.episodes, g.group_size, g.normalize_std, kit.shape, pad_token_id(kit.tokenizer),
-                           kit.metrics, ddof=1 if g.std == "sample" else 0)
+                           kit.metrics, ddof=g.std_ddof)
 
 
 class MultiTurn:
@@ -179,10 +179,8 @@ class MultiTurn:
   def validate(self, key: jax.Array) -> tuple[dict[str, float], dict[str, Any]]:
     if not any(self.eval_sets.values()):
       return {}, {}
-    run, e = self.run, self.run.eval
-    n = e.num_samples
-    params = SamplingParams(temperature=e.temperature, top_p=e.top_p,
-                            max_new_tokens=e.max_response_len or run.rollout.max_response_len)
+    n = self.run.eval.num_samples
+    params = self.run.eval_sampling()
     res: dict[str, float] = {}
     won_all, games_won = [], []
     for k, (split, examples) in enumerate(self.eval_sets.items()):

@@ -65,9 +65,9 @@ class Responses:
     return batch
 
   def grpo_batch(self, kit: Any) -> GRPOBatch:
-    g = kit.run.grpo
-    return grpo_batch(self.samples, g.group_size, g.normalize_std, 1 if g.std == "sample" else 0, kit.shape,
-                      kit.tokenizer, kit.run.model.enable_thinking, kit.metrics)
+    g = kit.run.grpo_config()
+    return grpo_batch(self.samples, g.group_size, g.normalize_std, g.std_ddof, kit.shape, kit.tokenizer,
+                      kit.run.model.enable_thinking, kit.metrics)
 
 
 class SingleTurn:
@@ -104,8 +104,7 @@ class SingleTurn:
     if not self.data.test:
       return {}, {}
     run, e = self.run, self.run.eval
-    params = SamplingParams(temperature=e.temperature, top_p=e.top_p,
-                            max_new_tokens=e.max_response_len or run.rollout.max_response_len)
+    params = run.eval_sampling()
 
     def generate_n(examples, n):
       rolls = self.generate([list(ex.messages) for ex in examples for _ in range(n)], params, key)
