@@ -224,6 +224,24 @@ def test_shared_prefixes_prefill_once_same_results(model):
     assert len({tuple(t) for t in got.tokens[group]}) > 1
 
 
+def test_long_prompt_prefills_in_blocks_that_grow_with_its_span(model):
+  # A 1,100-token prompt prefills in 64-token pieces whose attention spans grow 128 -> 2,048 tokens; the query
+  # blocks grow with the span (span / 32 tokens, at least the page and at most the buffer), so its last pieces
+  # run as one 64-token block while the short prompts packed at the start use 8-token blocks. Same tokens and
+  # log-probs as the static sampler, greedy and sampled.
+  rng = np.random.default_rng(4)
+  prompts = [[int(x) for x in rng.integers(1, 512, 1100)]] + PROMPTS[:3]
+  ec = EngineConfig(page_size=8, slots=4, prefill_chunk=64, decode_steps=4)
+  for sp in (SamplingParams(temperature=0, max_new_tokens=6), SamplingParams(temperature=0.8, max_new_tokens=6,
+                                                                               seed=4)):
+    stats = {}
+    _same(generate_paged(model, prompts, sp, engine=ec, stats=stats), generate(model, prompts, sp))
+    assert set(stats["prefill_block_sizes"]) == {8, 16, 32, 64}    # spans <= 256, 512, 1,024, 2,048 tokens
+    assert stats["prefill_tokens"] == sum(map(len, prompts))
+  assert eng.prefill_blocks(ec, 1, 128) == (8, 8) and eng.prefill_blocks(ec, 1, 2048) == (64, 1)
+  assert eng.prefill_blocks(ec, 2, 2048) == (32, 2) and eng.prefill_blocks(ec, 1, 1 << 15) == (64, 1)
+
+
 def test_compile_count_bounded_over_varied_lengths(model):
   # Prefill packs the pieces of several rows into one fixed buffer (2 blocks of 8 tokens here), so its programs
   # depend on nothing but the attention span (pages read per block, a power of two >= 128 tokens); decode's on
