@@ -11,9 +11,11 @@ fold_in(row key, t), greedy or sampled, whatever slot or batch it runs in. What 
   continues exactly where it stopped (same keys, same tokens).
 - The KV cache is a pool of pages (`paged_cache.py`); decode attention reads the live rows' pages listed flat
   (a power-of-two bucket of their total), so a step costs what the rows hold, not the allocated maximum.
-- Prefill is packed: each call runs a fixed buffer of `prefill_chunk` tokens (blocks of 16 tokens or a page,
-  each block holding tokens of one row) into which the pieces of several rows are packed; a block attends over
-  its own row's pages. A long prompt is cut into pieces over several calls, short ones share a call.
+- Prefill is packed: each call runs a buffer of `prefill_chunk` tokens (query blocks of 16 tokens or a page,
+  larger for long attention spans; each block holds tokens of one row) into which the pieces of several rows
+  are packed; a block attends over its own row's pages. A long prompt is cut into pieces over several calls,
+  short ones share a call. Prefill goes first: decode waits until every admitted row holds its prompt, so
+  decode steps run with as many rows as possible.
 - Prompts that share full pages of prefix (prompts with a common system text) prefill them once and hold the
   same pages (reference counted), and prefill the rest (at least one token). Rows with the same whole prompt
   (GRPO's G samples) prefill nothing: they share its full pages, get a copy of its partial last page (copy on
