@@ -3,7 +3,8 @@
   python bench/rollout_engine.py --part mixed    # small preset: one 2,000-token prompt among seven 64-token ones
   python bench/rollout_engine.py --part skewed   # SmolLM2-135M shapes: 64 prompts, long-tailed max_new_tokens
   python bench/rollout_engine.py --part flat     # decode step time, 256 live tokens, allocated max 1k..32k
-  python bench/rollout_engine.py --part all
+  python bench/rollout_engine.py --part all      # the three CPU parts
+  python bench/rollout_engine.py --part gpu --iters 1   # on a GPU: Qwen3-1.7B shapes, bf16, 64 rows, roofline
 
   skewed options: --workload skewed|uniform|both, --sides engine,static,transformers (which to run),
   --torch_threads N (torch.set_num_threads for the transformers peer; 1 was its best on a loaded 2-core CPU).
@@ -102,11 +103,15 @@ def engine_rate(model, prompts, caps, ec: EngineConfig, iters: int) -> tuple[flo
   return sum(caps) / _timed(run, iters), dict(stats)
 
 
-def torch_rate(preset: str, prompts, caps, batch: int, iters: int, threads: int = 0) -> float:
+def torch_rate(preset: str, prompts, caps, batch: int, iters: int, threads: int = 0, cuda: bool = False) -> float:
+  """Useful tokens/s of `transformers` generate (float32 on the CPU; bf16 on the GPU with cuda=True)."""
   import torch  # noqa: PLC0415
   if threads:
     torch.set_num_threads(threads)
+  dev = "cuda" if cuda else "cpu"
   ref = torch_peer(preset).eval()
+  if cuda:
+    ref = ref.to(device=dev, dtype=torch.bfloat16)
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
 
   def run():
@@ -119,6 +124,7 @@ def torch_rate(preset: str, prompts, caps, batch: int, iters: int, threads: int 
         ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
         mask[j, width - len(prompts[i]):] = 1
       new = max(caps[i] for i in idx)
+      ids, mask = ids.to(dev), mask.to(dev)
       with torch.inference_mode():
         out = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                            do_sample=False, use_cache=True, pad_token_id=0)
@@ -216,9 +222,69 @@ def part_flat(args):
           flush=True)
 
 
+def part_gpu(args):
+  """The issue's GPU check: Qwen3-1.7B shapes in bf16 (random weights), `--gpu_rows` rows of `--gpu_prompt`-token
+  prompts, `--gpu_new` new tokens each (greedy, no stops: every row generates all of them). Engine with each of
+  `--decode_kernels`, then the static sampler and (where torch sees a GPU) `transformers` generate on the same
+  device. Roofline: a decode step must read the weights once and every live row's KV; over the run the rows
+  hold prompt + new / 2 tokens on average, so the step's bytes are weights + rows x that x KV bytes per token,
+  and the fraction is (steps x bytes / `--hbm_gbps`) / decode seconds. Figures: useful tokens/s (rows x new /
+  whole call) and the fraction."""
+  dtype = "bfloat16" if args.dtype == "float32" else args.dtype
+  cfg = ModelConfig.preset(args.gpu_preset, compute_dtype=dtype, param_dtype=dtype)
+  graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+  rows, plen, new = args.gpu_rows, args.gpu_prompt, args.gpu_new
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(3, cfg.vocab_size, plen).tolist() for _ in range(rows)]
+  caps = [new] * rows
+  itemsize = jnp.dtype(dtype).itemsize
+  weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+  step_bytes = weight_bytes + rows * (plen + new / 2) * kv_per_token
+  bw = args.hbm_gbps * 1e9
+  print(f"\n## gpu: {args.gpu_preset} shapes ({dtype}), {rows} rows x {plen}-token prompts, {new} new tokens each; "
+        f"{jax.devices()[0].device_kind}; roofline at {args.hbm_gbps:.0f} GB/s: weights {weight_bytes / 1e9:.2f} GB + "
+        f"mean live KV {rows * (plen + new / 2) * kv_per_token / 1e9:.2f} GB per decode step", flush=True)
+  for kernel in args.decode_kernels.split(","):
+    ec = EngineConfig(page_size=args.page, slots=rows, prefill_chunk=args.gpu_chunk, decode_steps=32,
+                      decode_kernel=kernel)
+    try:
+      rate, st = engine_rate((graphdef, state), prompts, caps, ec, args.iters)
+    except ValueError as e:          # e.g. 'pallas' on a backend without a kernel
+      print(f"engine ({kernel}): skipped: {e}", flush=True)
+      continue
+    frac = st["decode_steps"] * step_bytes / bw / st["decode_s"]
+    print(f"engine ({kernel:6s}) {rate:9.1f} tok/s   decode {st['decode_steps']} steps in {st['decode_s']:.2f} s "
+          f"({st['decode_steps'] / st['decode_s']:.1f} steps/s): {100 * frac:.1f}% of the HBM roofline; prefill "
+          f"{st['prefill_calls']} calls, {st['prefill_s']:.2f} s; pool {st['pool_pages']} pages", flush=True)
+  if "static" in args.sides:
+    print(f"static sampler     {static_rate((graphdef, state), prompts, caps, rows, args.iters):9.1f} tok/s",
+          flush=True)
+  if "transformers" in args.sides and not args.skip_torch:
+    try:
+      import torch  # noqa: PLC0415
+      cuda = torch.cuda.is_available()
+    except ImportError:
+      cuda = False
+    if cuda:
+      print(f"transformers       {torch_rate(args.gpu_preset, prompts, caps, rows, args.iters, cuda=True):9.1f} "
+            f"tok/s", flush=True)
+    else:
+      print("transformers       skipped: torch sees no GPU here", flush=True)
+
+
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--part", default="all", choices=("all", "mixed", "skewed", "flat"))
+  ap.add_argument("--part", default="all", choices=("all", "mixed", "skewed", "flat", "gpu"))
+  ap.add_argument("--gpu_preset", default="qwen3_1p7b")
+  ap.add_argument("--gpu_rows", type=int, default=64)
+  ap.add_argument("--gpu_prompt", type=int, default=2048)
+  ap.add_argument("--gpu_new", type=int, default=2048)
+  ap.add_argument("--gpu_chunk", type=int, default=4096, help="gpu part: engine.prefill_chunk")
+  ap.add_argument("--page", type=int, default=16, help="gpu part: engine.page_size")
+  ap.add_argument("--decode_kernels", default="xla,pallas", help="gpu part: engine.decode_kernel values to run")
+  ap.add_argument("--hbm_gbps", type=float, default=4800.0,
+                  help="gpu part: the device's memory bandwidth for the roofline (H200 SXM: 4,800 GB/s, its spec)")
   ap.add_argument("--new", type=int, default=128)
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--max_new", type=int, default=1024)
@@ -238,8 +304,8 @@ def main():
                   help="skewed part: which of engine,static,transformers to run (split a long run in several)")
   args = ap.parse_args()
   print(f"machine: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cpus")
-  for part in ("mixed", "skewed", "flat"):
-    if args.part in ("all", part):
+  for part in ("mixed", "skewed", "flat", "gpu"):
+    if args.part == part or (args.part == "all" and part != "gpu"):
       globals()[f"part_{part}"](args)
 
 

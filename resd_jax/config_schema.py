@@ -99,6 +99,11 @@ def check_engine(run: Any) -> None:
     ec = run.engine_config()
   except ValueError as e:
     raise ConfigError(str(e).replace("EngineConfig: ", "")) from None
+  from resd_jax.sampling.paged_attention import decode_attention_impl  # noqa: PLC0415  (imports jax)
+  try:
+    decode_attention_impl(ec.decode_kernel)   # 'pallas' on a backend without a kernel
+  except ValueError as e:
+    raise ConfigError(f"{e} (--config.engine.decode_kernel)") from None
   longest = run.rollout.max_prompt_len + run.rollout.max_response_len
   if ec.num_pages and -(-longest // ec.page_size) > ec.num_pages - 1:
     raise ConfigError(f"engine.num_pages={ec.num_pages} holds {(ec.num_pages - 1) * ec.page_size} tokens, less than "

@@ -196,6 +196,7 @@ class Engine:
   prefill_chunk: int
   decode_steps: int
   share_prefixes: bool
+  decode_kernel: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +359,8 @@ class RunConfig:
     e = self.engine
     return EngineConfig(page_size=e.page_size, num_pages=e.num_pages, memory_fraction=e.memory_fraction,
                         slots=e.slots or self.rollout.sample_batch, prefill_chunk=e.prefill_chunk,
-                        decode_steps=e.decode_steps, share_prefixes=e.share_prefixes)
+                        decode_steps=e.decode_steps, share_prefixes=e.share_prefixes,
+                        decode_kernel=e.decode_kernel)
 
   def lora_config(self):
     from resd_jax.models.lora import LoRAConfig
@@ -411,7 +413,7 @@ LIBRARY_FIELDS: dict[str, dict[str, str]] = {
   "resd_jax.sampling.engine.EngineConfig": {
     "page_size": "engine.page_size", "num_pages": "engine.num_pages", "memory_fraction": "engine.memory_fraction",
     "prefill_chunk": "engine.prefill_chunk", "decode_steps": "engine.decode_steps",
-    "share_prefixes": "engine.share_prefixes"},
+    "share_prefixes": "engine.share_prefixes", "decode_kernel": "engine.decode_kernel"},
   "resd_jax.models.lora.LoRAConfig": {
     "enabled": "lora.enabled", "rank": "lora.rank", "alpha": "lora.alpha", "targets": "lora.targets",
     "dropout": "lora.dropout", "base_dtype": "lora.base_dtype", "adapter_path": "lora.adapter_path"},

@@ -200,6 +200,8 @@ def get_base() -> ml_collections.ConfigDict:
                                  # into it; a longer prompt prefills over several calls
   c.engine.decode_steps = 16     # decode steps per device call (admission / freeing between calls)
   c.engine.share_prefixes = True  # GRPO groups / common system text prefill once and share their pages
+  c.engine.decode_kernel = "auto"  # decode attention: auto (Pallas kernel on TPU, ragged XLA path elsewhere) | xla
+                                   # | pallas (the backend's Pallas kernel; on a GPU opt-in: not yet measured there)
 
   # Logging.
   c.metrics = ml_collections.ConfigDict()

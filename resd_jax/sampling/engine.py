@@ -41,12 +41,11 @@ import numpy as np
 from flax import nnx
 
 from resd_jax.parallel import placement
-from resd_jax.parallel import sharding as shd
 from resd_jax.sampling import sampler as static
 from resd_jax.sampling.draw import draw, kcap_for
-from resd_jax.sampling.paged_attention import decode_attention_impl
-from resd_jax.sampling.paged_cache import (POOL_AXES, PageAllocator, PagePool, PrefixIndex, bytes_per_page,
-                                           empty_pool, free_memory_bytes, pages_for_budget)
+from resd_jax.sampling.paged_attention import KERNEL_CHOICES, decode_attention_impl
+from resd_jax.sampling.paged_cache import (PageAllocator, PagePool, PrefixIndex, bytes_per_page, empty_pool,
+                                           free_memory_bytes, pages_for_budget)
 from resd_jax.sampling.paged_forward import FlatPages, paged_forward
 from resd_jax.sampling.params import SamplingParams
 
@@ -68,6 +67,8 @@ class EngineConfig:
   rounded up to a power of two). slots: rows decoded together. prefill_chunk: longest prefill piece (tokens).
   decode_steps: decode steps per device call (host admission / freeing runs between calls).
   share_prefixes: share the pages of common prompt prefixes.
+  decode_kernel: decode attention: 'auto' (the Pallas kernel on a TPU, the ragged XLA path elsewhere), 'xla',
+  or 'pallas' (the backend's Pallas paged-attention kernel: TPU or GPU; the GPU one is opt-in, unmeasured).
   """
   page_size: int = 16
   num_pages: int = 0
@@ -76,6 +77,7 @@ class EngineConfig:
   prefill_chunk: int = 512
   decode_steps: int = 16
   share_prefixes: bool = True
+  decode_kernel: str = "auto"
 
   def __post_init__(self):
     def need(cond: bool, msg: str) -> None:
@@ -91,6 +93,8 @@ class EngineConfig:
          f"engine.prefill_chunk must be a power of two >= {MIN_CHUNK}, got {self.prefill_chunk!r}")
     need(isinstance(self.decode_steps, int) and self.decode_steps >= 1,
          f"engine.decode_steps must be >= 1, got {self.decode_steps!r}")
+    need(self.decode_kernel in KERNEL_CHOICES,
+         f"engine.decode_kernel must be one of {KERNEL_CHOICES}, got {self.decode_kernel!r}")
 
 
 
@@ -162,8 +166,8 @@ def _share(graphdef, params, pool: PagePool, src, dst, h, keys, steps, knobs: st
   into the row's own page dst [R] (copy on write; 0 -> 0 for padding entries: the trash page), and draw each
   row's first token from the prompt's final hidden state h [R, D] with its own key fold_in(keys, steps)."""
   model = nnx.merge(graphdef, params)
-  pool = PagePool(k=pool.k.at[:, dst].set(pool.k[:, src]), v=pool.v.at[:, dst].set(pool.v[:, src]))
-  pool = PagePool(k=shd.constrain(pool.k, POOL_AXES), v=shd.constrain(pool.v, POOL_AXES))
+  copy = lambda xs: tuple(x.at[:, dst].set(x[:, src]) for x in xs)  # noqa: E731  (each layer [KVH, P, page, Dh])
+  pool = PagePool(k=copy(pool.k), v=copy(pool.v)).constrained()
   tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
   return pool, tok, lp, slp
 
@@ -332,7 +336,7 @@ class _Run:
     self.pool = empty_pool(cfg, num_pages, self.page, mesh)
     self.slots: list[_Seq | None] = [None] * slots
     self.stops = set(params.stop_token_ids)
-    self.impl = decode_attention_impl()
+    self.impl = decode_attention_impl(ec.decode_kernel)
     self.admitted = 0
     self.tails: dict[tuple[int, ...], _Seq] = {}   # whole prompt -> a live row holding all of it and its h
     self.nblk = prefill_blocks(ec, static._batch_sharding()[1])[1]   # rows per share call
@@ -600,7 +604,7 @@ class _Run:
       self._grow(s, s.cached + min(k, s.max_new - len(s.gen)))
     n_slots = len(self.slots)
     table, flat = None, None
-    if self.impl == "pallas":
+    if self.impl != "xla":   # a Pallas kernel: a page table of the longest live row's span
       nb = self._span(max(len(s.pages) for _, s in live))
       table = self._put(self._table([s if s is not None and s.state == "decode" else None for s in self.slots],
                                     n_slots, nb))

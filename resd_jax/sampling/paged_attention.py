@@ -1,14 +1,20 @@
-"""Attention over a paged KV cache: write the new tokens' keys and values into their pages, then attend.
+"""Attention over one layer's pages of the paged KV cache.
 
-`paged_attention(q, q_pos, q_valid, k_pages, v_pages, page_table, dtype=...)` is the portable XLA path: it
-gathers the `nb` pages a row's page table names (nb = the table's width, a bucket of the longest live sequence,
-never the allocated maximum) and runs one masked softmax over them, causal by position (a query at position p
-sees the keys at positions <= p). It serves decode (T = 1) and chunked prefill (T = chunk) alike, since the
-chunk's own keys are written before the attention reads them.
+Every function here takes one layer's pages as `k_pages` / `v_pages` [KVH, P, page, Dh]: the layout JAX's
+Pallas paged-attention kernels read (TPU and GPU), so the kernels get the pool's own buffers, with no copy or
+transpose per call. The pool keeps one such buffer per layer (`paged_cache.PagePool`).
 
-`pallas_decode_attention` calls JAX's Pallas TPU paged-attention kernel behind the same arguments for decode
-steps (T = 1). It is selected only on a TPU backend (`decode_attention_impl`), so it is untested here (no TPU in
-this project's CI); everything else runs the XLA path.
+- `paged_attention(q, q_pos, q_valid, k_pages, v_pages, page_table)`: the portable XLA path for prefill (and
+  decode with a page table). It gathers the `nb` pages a row's page table names (nb = the table's width, a
+  bucket of the longest row, never the allocated maximum) and runs one masked softmax over them, causal by
+  position (a query at position p sees the keys at positions <= p). The chunk's own keys are written before it
+  reads them.
+- `ragged_decode_attention(...)`: the portable XLA decode path: the live rows' pages are listed flat and each
+  page attends to its own row's query, so a step costs the pages the rows hold, not slots x the longest row.
+- `pallas_decode_attention(..., kernel="tpu" | "gpu")`: decode through JAX's Pallas paged-attention kernel for
+  TPU (Mosaic) or GPU (Triton), behind `paged_attention`'s arguments. `decode_attention_impl(choice)` picks the
+  implementation for the backend (see docs/engine.md: the TPU kernel is the default on a TPU; the GPU kernel is
+  opt-in until it is measured on a GPU).
 """
 from __future__ import annotations
 
@@ -17,24 +23,26 @@ import jax.numpy as jnp
 
 from resd_jax.models.attention import _NEG, _dot
 
+KERNEL_CHOICES = ("auto", "xla", "pallas")
 
-def gather_pages(pages: jax.Array, page_table: jax.Array, layer: jax.Array | int | None = None) -> jax.Array:
-  """The keys (or values) named by page_table [B, nb]: [B, nb * page, KVH, Dh], in position order.
-  pages: [P, page, KVH, Dh], or [L, P, page, KVH, Dh] with `layer` (read in place, no copy of the layer)."""
+
+def gather_pages(pages: jax.Array, page_table: jax.Array) -> jax.Array:
+  """The keys (or values) named by page_table [B, nb] from pages [KVH, P, page, Dh]: [B, nb * page, KVH, Dh], in
+  position order."""
   b, nb = page_table.shape
-  got = pages[page_table] if layer is None else pages[layer, page_table]    # [B, nb, page, KVH, Dh]
-  return got.reshape(b, nb * got.shape[2], *got.shape[3:])
+  got = pages[:, page_table]                                               # [KVH, B, nb, page, Dh]
+  kvh, _, _, page, dh = got.shape
+  return jnp.moveaxis(got, 0, 3).reshape(b, nb * page, kvh, dh)
 
 
 def paged_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
-                    page_table: jax.Array, *, dtype, layer: jax.Array | int | None = None) -> jax.Array:
+                    page_table: jax.Array, *, dtype) -> jax.Array:
   """q [B, T, H, Dh] at positions q_pos [B, T] (q_valid [B, T]: False = padding query); k/v_pages
-  [P, page, KVH, Dh] (or [L, P, ...] read at `layer`) already holding every key at positions <= q_pos;
-  page_table [B, nb].
+  [KVH, P, page, Dh] already holding every key at positions <= q_pos; page_table [B, nb].
   Returns [B, T, H, Dh] float32 (padding queries: finite, unspecified)."""
   b, t, h, dh = q.shape
-  k = gather_pages(k_pages, page_table, layer)                              # [B, S, KVH, Dh]
-  v = gather_pages(v_pages, page_table, layer)
+  k = gather_pages(k_pages, page_table)                                    # [B, S, KVH, Dh]
+  v = gather_pages(v_pages, page_table)
   kvh = k.shape[2]
   s_len = k.shape[1]
   q = (q * (dh ** -0.5)).reshape(b, t, kvh, h // kvh, dh)
@@ -44,39 +52,9 @@ def paged_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages:
   return _dot("bkgts,bskd->btkgd", p, v, dtype).reshape(b, t, h, dh)
 
 
-def pallas_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array,
-                            v_pages: jax.Array, page_table: jax.Array, *, dtype) -> jax.Array:
-  """`paged_attention` for T = 1 through jax.experimental.pallas.ops.tpu.paged_attention (TPU only).
-
-  The kernel takes pages laid out [KVH, P, page, Dh]; they are transposed here, which costs a pass over the
-  layer's pool per call: a TPU deployment would keep the pool in the kernel's layout instead (not done: no
-  TPU to measure it on)."""
-  from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as kernel  # noqa: PLC0415
-  b, t, h, dh = q.shape
-  if t != 1:
-    raise ValueError(f"pallas_decode_attention: decode steps only (T = 1), got T = {t}")
-  lengths = jnp.where(q_valid[:, 0], q_pos[:, 0] + 1, 1).astype(jnp.int32)
-  kp, vp = (jnp.moveaxis(x, 2, 0).astype(dtype) for x in (k_pages, v_pages))
-  nb = page_table.shape[1]
-  out = kernel((q[:, 0] * dh ** -0.5).astype(dtype), kp, vp, lengths, page_table.astype(jnp.int32),
-               pages_per_compute_block=min(nb, 8))
-  return out.astype(jnp.float32)[:, None]
-
-
-def decode_attention_impl() -> str:
-  """'pallas' on a TPU backend whose jax ships the kernel, else 'xla'."""
-  if jax.default_backend() != "tpu":
-    return "xla"
-  try:
-    from jax.experimental.pallas.ops.tpu import paged_attention  # noqa: F401, PLC0415
-  except ImportError:
-    return "xla"
-  return "pallas"
-
-
 def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array,
                             v_pages: jax.Array, flat_pages: jax.Array, page_row: jax.Array, page_first: jax.Array,
-                            *, dtype, layer: jax.Array | int | None = None) -> jax.Array:
+                            *, dtype) -> jax.Array:
   """Decode attention (T = 1) over the live pages of all rows at once, so a step costs the pages the rows hold
   (summed), not the batch times its longest row.
 
@@ -85,16 +63,16 @@ def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, 
   first token; padding entries a position past every query, so they are masked). Each page attends to its row's
   query (a [G, page] score block per KV head); the per-page softmax statistics are combined per row with
   segment reductions (the max, then the rescaled sums), as in split-K "flash decoding".
-  q [B, 1, H, Dh], q_pos / q_valid [B, 1]; k/v_pages as `paged_attention`. Returns [B, 1, H, Dh] float32
-  (rows without valid keys: finite, unspecified).
+  q [B, 1, H, Dh], q_pos / q_valid [B, 1]; k/v_pages [KVH, P, page, Dh]. Returns [B, 1, H, Dh] float32 (rows
+  without valid keys: finite, unspecified).
   """
   b, _, h, dh = q.shape
-  kp = k_pages[flat_pages] if layer is None else k_pages[layer, flat_pages]   # [Np, page, KVH, Dh]
-  vp = v_pages[flat_pages] if layer is None else v_pages[layer, flat_pages]
-  n_p, page, kvh = kp.shape[:3]
+  kp = k_pages[:, flat_pages]                                                 # [KVH, Np, page, Dh]
+  vp = v_pages[:, flat_pages]
+  kvh, n_p, page = kp.shape[:3]
   g = h // kvh
   qp = (q[:, 0] * (dh ** -0.5)).reshape(b, kvh, g, dh)[page_row]             # [Np, KVH, G, Dh]
-  s = _dot("pkgd,pskd->pkgs", qp, kp, dtype)                                  # [Np, KVH, G, page]
+  s = _dot("pkgd,kpsd->pkgs", qp, kp, dtype)                                  # [Np, KVH, G, page]
   key_pos = page_first[:, None] + jnp.arange(page)[None, :]                  # [Np, page]
   allowed = (key_pos <= q_pos[page_row, 0][:, None]) & q_valid[page_row, 0][:, None]
   s = jnp.where(allowed[:, None, None, :], s, _NEG)
@@ -102,6 +80,74 @@ def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, 
   row_max = jnp.maximum(jax.ops.segment_max(jnp.max(s, axis=-1), page_row, **seg), _NEG)   # [B, KVH, G]
   e = jnp.exp(s - row_max[page_row][..., None])                              # [Np, KVH, G, page]
   denom = jax.ops.segment_sum(jnp.sum(e, axis=-1), page_row, **seg)           # [B, KVH, G]
-  num = jax.ops.segment_sum(_dot("pkgs,pskd->pkgd", e, vp, dtype), page_row, **seg)   # [B, KVH, G, Dh]
+  num = jax.ops.segment_sum(_dot("pkgs,kpsd->pkgd", e, vp, dtype), page_row, **seg)   # [B, KVH, G, Dh]
   out = num / jnp.maximum(denom, 1e-30)[..., None]
   return out.reshape(b, 1, h, dh)
+
+
+def _gpu_blocks(nb: int, page: int) -> tuple[int, int]:
+  """(k_splits, pages_per_compute_block) of the GPU kernel for a page table of nb pages (a power of two): the
+  kernel needs nb % k_splits == 0 and its compute block (pages x page tokens) at least 16 tokens wide for
+  Triton's dot; 8 pages a block and up to 16 key partitions, as the kernel's defaults."""
+  per_block = min(nb, max(8, -(-16 // page)))
+  return max(1, min(16, nb // per_block)), per_block
+
+
+def pallas_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array,
+                            v_pages: jax.Array, page_table: jax.Array, *, dtype, kernel: str = "tpu",
+                            interpret: bool = False) -> jax.Array:
+  """`paged_attention` for decode steps (T = 1) through JAX's Pallas paged-attention kernel: kernel="tpu"
+  (jax.experimental.pallas.ops.tpu.paged_attention) or "gpu" (jax.experimental.pallas.ops.gpu.paged_attention,
+  Triton). k/v_pages [KVH, P, page, Dh] are the layer's pool buffers, passed as they are. The GPU kernel runs in
+  Pallas' interpreter when interpret=True or on the CPU backend (tests; the TPU kernel's interpreter is
+  `pltpu.force_tpu_interpret_mode`). Rows with q_valid False get length 1 (finite, unspecified output)."""
+  b, t, h, dh = q.shape
+  if t != 1:
+    raise ValueError(f"pallas_decode_attention: decode steps only (T = 1), got T = {t}")
+  interpret = interpret or jax.default_backend() == "cpu"   # no Triton on the CPU: Pallas' interpreter
+  lengths = jnp.where(q_valid[:, 0], q_pos[:, 0] + 1, 1).astype(jnp.int32)
+  qs = (q[:, 0] * dh ** -0.5).astype(k_pages.dtype)                          # [B, H, Dh]
+  table = page_table.astype(jnp.int32)
+  nb = table.shape[1]
+  if kernel == "tpu":
+    from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_kernel  # noqa: PLC0415
+    out = tpu_kernel(qs, k_pages, v_pages, lengths, table, pages_per_compute_block=min(nb, 8))
+  elif kernel == "gpu":
+    from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention as gpu_kernel  # noqa: PLC0415
+    splits, per_block = _gpu_blocks(nb, k_pages.shape[2])
+    out = gpu_kernel(qs, k_pages, v_pages, table, lengths, k_splits=splits, pages_per_compute_block=per_block,
+                     interpret=interpret)
+  else:
+    raise ValueError(f"pallas_decode_attention: kernel must be 'tpu' or 'gpu', got {kernel!r}")
+  return out.astype(jnp.float32)[:, None]
+
+
+def decode_attention_impl(choice: str = "auto", backend: str | None = None) -> str:
+  """The decode attention for `engine.decode_kernel` = choice on `backend` (default: JAX's default backend):
+  'xla' (the ragged XLA path), 'pallas_tpu' or 'pallas_gpu'.
+
+  auto: the TPU kernel on a TPU whose jax ships it, else 'xla' (the GPU kernel has not been measured on a GPU
+  yet, so it is opt-in). pallas: the backend's kernel; an error on a backend without one (the CPU)."""
+  if choice not in KERNEL_CHOICES:
+    raise ValueError(f"engine.decode_kernel must be one of {KERNEL_CHOICES}, got {choice!r}")
+  backend = backend or jax.default_backend()
+  if choice == "xla":
+    return "xla"
+  platform = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(backend)
+  if choice == "auto":
+    if platform != "tpu":
+      return "xla"
+  elif platform is None:
+    raise ValueError(f"engine.decode_kernel='pallas' needs a TPU or GPU backend, this one is {backend!r}; "
+                     f"use 'auto' or 'xla'")
+  try:
+    if platform == "tpu":
+      from jax.experimental.pallas.ops.tpu import paged_attention  # noqa: F401, PLC0415
+    else:
+      from jax.experimental.pallas.ops.gpu import paged_attention  # noqa: F401, PLC0415
+  except ImportError:
+    if choice == "auto":
+      return "xla"
+    raise ValueError(f"engine.decode_kernel='pallas': this jax ships no Pallas paged-attention kernel for "
+                     f"{platform}; use 'auto' or 'xla'") from None
+  return f"pallas_{platform}"

@@ -1,7 +1,9 @@
 """Paged KV cache: a fixed pool of fixed-size pages on the device, page tables and a host allocator.
 
-Device side: `PagePool` holds `k`, `v` [L, P, page, KVH, Dh] for all layers (P pages of `page` tokens). A
-sequence's tokens live in the pages its page-table row names, in order: token t is at page
+Device side: `PagePool` holds `k`, `v`: one buffer [KVH, P, page, Dh] per layer (P pages of `page` tokens),
+the layout JAX's Pallas paged-attention kernels read, so a kernel gets a layer's buffer as it is (one stacked
+[L, ...] array would need a copy of the layer per call). A sequence's tokens live in the pages its page-table
+row names, in order: token t is at page
 `table[t // page]`, offset `t % page`. Page 0 is never handed out: it is the trash page that padding tokens
 and finished rows write to, so every write in a fixed-shape program has somewhere harmless to go, and page-table
 entries past a sequence's pages point at it (their keys are masked by position).
@@ -27,24 +29,30 @@ import numpy as np
 from resd_jax.models.config import ModelConfig
 from resd_jax.parallel import sharding as shd
 
-# Logical axes of the pool arrays: the pages are replicated, the KV heads go over `tensor` (like the dense cache).
-POOL_AXES = ("layers", None, None, "kv_heads", None)
+# Logical axes of a layer's pool buffer [KVH, P, page, Dh]: the KV heads go over `tensor` (like the dense cache),
+# the pages are replicated.
+POOL_AXES = ("kv_heads", None, None, None)
 TRASH_PAGE = 0
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class PagePool:
-  k: jax.Array  # [L, P, page, KVH, Dh]
-  v: jax.Array  # [L, P, page, KVH, Dh]
+  k: tuple[jax.Array, ...]  # L x [KVH, P, page, Dh]
+  v: tuple[jax.Array, ...]  # L x [KVH, P, page, Dh]
 
   @property
   def num_pages(self) -> int:
-    return self.k.shape[1]
+    return self.k[0].shape[1]
 
   @property
   def page_size(self) -> int:
-    return self.k.shape[2]
+    return self.k[0].shape[2]
+
+  def constrained(self) -> "PagePool":
+    """The pool with every buffer laid out by POOL_AXES (inside a jit: a sharding constraint)."""
+    put = lambda xs: tuple(shd.constrain(x, POOL_AXES) for x in xs)  # noqa: E731
+    return PagePool(k=put(self.k), v=put(self.v))
 
 
 def bytes_per_page(cfg: ModelConfig, page_size: int) -> int:
@@ -74,13 +82,15 @@ def free_memory_bytes() -> int:
 
 def empty_pool(cfg: ModelConfig, num_pages: int, page_size: int, mesh: Any = None) -> PagePool:
   """A zero pool (finite values everywhere: masked keys are multiplied by exact zeros), laid out by POOL_AXES."""
-  shape = (cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
   dtype = jnp.dtype(cfg.compute_dtype)
   if mesh is None:
-    return PagePool(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
-  sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(shape, POOL_AXES, mesh))
-  make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
-  return PagePool(k=make(), v=make())
+    make = lambda: jnp.zeros(shape, dtype)  # noqa: E731
+  else:
+    sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(shape, POOL_AXES, mesh))
+    make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+  layers = range(cfg.num_layers)
+  return PagePool(k=tuple(make() for _ in layers), v=tuple(make() for _ in layers))
 
 
 class PageAllocator:

@@ -2,9 +2,10 @@
 
 `paged_forward(model, pool, tokens, positions, valid, page_table)` embeds, runs every decoder layer through
 `transformer.decoder_layer` (so the projections, norms, rotary, MLP / MoE and any later change to them are the
-model's), and hands the layer an attention callable that writes the new keys / values into their pages and
-attends over the row's pages (`paged_attention`). The pool is the carry of the layer scan, so each layer's write
-is an in-place scatter of the new tokens only.
+model's), and hands the layer an attention callable that writes the new keys / values into that layer's pool
+buffer and attends over the row's pages (`paged_attention`, the ragged decode path or a Pallas kernel). The
+layers are unrolled, as inference engines do: each layer's pool buffer is its own array, written in place (a
+scatter of the new tokens only) and handed to a kernel as it is.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 from resd_jax.models import transformer as tf
 from resd_jax.parallel import sharding as shd
 from resd_jax.sampling.paged_attention import pallas_decode_attention, paged_attention, ragged_decode_attention
-from resd_jax.sampling.paged_cache import POOL_AXES, TRASH_PAGE, PagePool
+from resd_jax.sampling.paged_cache import TRASH_PAGE, PagePool
 
 
 @jax.tree_util.register_dataclass
@@ -35,8 +36,9 @@ def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.
                   attn_impl: str = "xla") -> tuple[jax.Array, PagePool]:
   """tokens / positions / valid [B, T] (valid False: padding, written to the trash page); the rows' pages as
   a page_table [B, nb] covering every position in `positions` (prefill; attention over a span of nb pages per
-  row), or as `flat` (decode, T = 1: attention over the live pages only). Returns final-normed hidden states
-  [B, T, D] float32 and the pool with the new tokens' keys and values written."""
+  row), or as `flat` (decode, T = 1: attention over the live pages only). attn_impl: 'xla', or 'pallas_tpu' /
+  'pallas_gpu' for decode steps with a page_table (`paged_attention.decode_attention_impl`). Returns final-normed
+  hidden states [B, T, D] float32 and the pool with the new tokens' keys and values written."""
   cfg = model.config
   page = pool.page_size
   valid = valid.astype(bool)
@@ -53,36 +55,26 @@ def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.
   page_ids = jnp.where(valid, page_ids, TRASH_PAGE)
   offsets = positions % page
   cd = jnp.dtype(cfg.compute_dtype)
-  use_pallas = attn_impl == "pallas" and tokens.shape[1] == 1 and page_table is not None
-  if flat is not None:
-    attend_fn = lambda q, pos, m, kp, vp, _, **kw: ragged_decode_attention(  # noqa: E731
-        q, pos, m, kp, vp, flat.pages, flat.row, flat.first, **kw)
+  kernel = attn_impl.removeprefix("pallas_") if attn_impl.startswith("pallas_") else None
+  if kernel is not None and (tokens.shape[1] != 1 or page_table is None):
+    kernel = None                     # the kernels serve decode steps; prefill takes the XLA path
+  if kernel is not None:
+    attend_fn = lambda q, pos, m, kp, vp: pallas_decode_attention(  # noqa: E731
+        q, pos, m, kp, vp, page_table, dtype=cd, kernel=kernel)
+  elif flat is not None:
+    attend_fn = lambda q, pos, m, kp, vp: ragged_decode_attention(  # noqa: E731
+        q, pos, m, kp, vp, flat.pages, flat.row, flat.first, dtype=cd)
   else:
-    attend_fn = pallas_decode_attention if use_pallas else paged_attention
-
-  def layer(x, pk, pv, p, l):
-    box = {}
-
-    def attend(q, k, v, mask):
-      nk = pk.at[l, page_ids, offsets].set(k.astype(pk.dtype))
-      nv = pv.at[l, page_ids, offsets].set(v.astype(pv.dtype))
-      box["kv"] = nk, nv
-      return attend_fn(q, positions, mask, nk[l] if use_pallas else nk, nv[l] if use_pallas else nv, page_table,
-                       dtype=cd, **({} if use_pallas else {"layer": l}))
-
-    x, _, _ = tf.decoder_layer(cfg, p, x, cos, sin, valid, attend)
-    return x, box["kv"]
+    attend_fn = lambda q, pos, m, kp, vp: paged_attention(q, pos, m, kp, vp, page_table, dtype=cd)  # noqa: E731
 
   params = model.layers.arrays()
-  if cfg.scan_layers:
-    def body(carry, xs):
-      x, pk, pv = carry
-      x, (pk, pv) = layer(x, pk, pv, *xs)
-      return (x, pk, pv), None
-    (x, pk, pv), _ = jax.lax.scan(body, (x, pool.k, pool.v), (params, jnp.arange(cfg.num_layers)))
-  else:
-    pk, pv = pool.k, pool.v
-    for l in range(cfg.num_layers):
-      x, (pk, pv) = layer(x, pk, pv, jax.tree.map(lambda a, l=l: a[l], params), l)
-  pool = PagePool(k=shd.constrain(pk, POOL_AXES), v=shd.constrain(pv, POOL_AXES))
+  ks, vs = list(pool.k), list(pool.v)
+  for l in range(cfg.num_layers):
+    def attend(q, k, v, mask, l=l):   # k, v [B, T, KVH, Dh] -> the layer's buffers [KVH, P, page, Dh]
+      ks[l] = ks[l].at[:, page_ids, offsets].set(jnp.moveaxis(k, 2, 0).astype(ks[l].dtype))
+      vs[l] = vs[l].at[:, page_ids, offsets].set(jnp.moveaxis(v, 2, 0).astype(vs[l].dtype))
+      return attend_fn(q, positions, mask, ks[l], vs[l])
+
+    x, _, _ = tf.decoder_layer(cfg, jax.tree.map(lambda a, l=l: a[l], params), x, cos, sin, valid, attend)
+  pool = PagePool(k=tuple(ks), v=tuple(vs)).constrained()
   return tf.rms_norm(x, model.final_norm[...], cfg.rms_norm_eps), pool

@@ -1,6 +1,7 @@
-"""Rollout engine: paged attention against a dense float64 reference, the page allocator, and generate_paged
-against the static sampler (same keys: same tokens and log-probs) under continuous batching, chunked prefill,
-preemption, shared prefixes, per-row max_new_tokens, stops, a mesh; compile counts; bad input."""
+"""Rollout engine: paged attention (XLA paths and the Pallas TPU / GPU kernels in their interpreters) against a
+dense float64 reference, the page allocator, and generate_paged against the static sampler (same keys: same
+tokens and log-probs) under continuous batching, chunked prefill, preemption, shared prefixes, per-row
+max_new_tokens, stops, a mesh, the GPU kernel; compile counts; bad input."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +29,12 @@ def model():
   return Transformer(ModelConfig.preset("tiny"), rngs=nnx.Rngs(0))
 
 
+def _layer(pages: np.ndarray) -> jax.Array:
+  """Pages built as [P, page, KVH, Dh] (easy to read back per position) in the pool's layer layout
+  [KVH, P, page, Dh]."""
+  return jnp.asarray(np.moveaxis(pages, 2, 0))
+
+
 def _same(a, b, atol=1e-4):
   assert a.tokens == b.tokens
   assert a.lengths == b.lengths and a.finish_reasons == b.finish_reasons
@@ -49,8 +56,8 @@ def test_paged_attention_equals_dense_reference():
   q = rng.normal(size=(2, t, kvh * g, dh)).astype(np.float32)
   q_pos = np.array([[l - t + i for i in range(t)] for l in lens], np.int32)
   valid = np.array([[True] * t, [True, True, False]])                # row 1's last query is padding
-  got = np.asarray(paged_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid), jnp.asarray(kp),
-                                   jnp.asarray(vp), jnp.asarray(table), dtype=jnp.float32))
+  got = np.asarray(paged_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid), _layer(kp),
+                                   _layer(vp), jnp.asarray(table), dtype=jnp.float32))
   for b in range(2):
     k = np.concatenate([kp[p] for p in table[b]], 0).astype(np.float64)    # dense [S, KVH, Dh]
     v = np.concatenate([vp[p] for p in table[b]], 0).astype(np.float64)
@@ -82,8 +89,8 @@ def test_pallas_decode_kernel_in_tpu_interpret_mode_equals_dense_reference():
   q_pos = np.array([[40], [63]], np.int32)                           # 41 and 64 tokens held
   with pltpu.force_tpu_interpret_mode():
     got = np.asarray(pallas_decode_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.ones((b, 1), bool),
-                                             jnp.asarray(kp), jnp.asarray(vp), jnp.asarray(table),
-                                             dtype=jnp.float32))
+                                             _layer(kp), _layer(vp), jnp.asarray(table), dtype=jnp.float32,
+                                             kernel="tpu"))
   g = h // kvh
   for r in range(b):
     n = q_pos[r, 0] + 1
@@ -93,6 +100,50 @@ def test_pallas_decode_kernel_in_tpu_interpret_mode_equals_dense_reference():
       s = k[:, j // g] @ q[r, 0, j].astype(np.float64) / np.sqrt(dh)
       w = np.exp(s - s.max())
       np.testing.assert_allclose(got[r, 0, j], (w / w.sum()) @ v[:, j // g], atol=5e-3)
+
+
+def test_pallas_gpu_decode_kernel_in_interpret_mode_equals_dense_reference():
+  """The GPU (Triton) kernel path, opt-in on a GPU (`engine.decode_kernel='pallas'`), run by Pallas' interpreter
+  on the CPU: page table, lengths (one token off moves the output by 0.1-0.2 here), an invalid row, GQA groups
+  padded to the kernel's 16-head blocks, several key partitions. Tables of 8 pages: 1 partition of 8 pages a
+  block; of 32 pages: 4 partitions."""
+  from resd_jax.sampling.paged_attention import _gpu_blocks, pallas_decode_attention
+  assert _gpu_blocks(8, 16) == (1, 8) and _gpu_blocks(32, 16) == (4, 8) and _gpu_blocks(256, 16) == (16, 8)
+  assert _gpu_blocks(16, 1) == (1, 16)                               # 1-token pages: 16 a block (Triton's dot)
+  rng = np.random.default_rng(5)
+  b, h, kvh, dh, page = 3, 4, 2, 16, 4
+  for nb in (8, 32):
+    n_pages = b * nb + 1
+    q = rng.normal(size=(b, 1, h, dh)).astype(np.float32)
+    kp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+    vp = rng.normal(size=(n_pages, page, kvh, dh)).astype(np.float32)
+    table = (1 + rng.permutation(b * nb)).reshape(b, nb).astype(np.int32)
+    q_pos = np.array([[2], [nb * page - 1], [nb * page // 2 + 1]], np.int32)
+    valid = np.array([[True], [True], [False]])
+    got = np.asarray(pallas_decode_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid), _layer(kp),
+                                             _layer(vp), jnp.asarray(table), dtype=jnp.float32, kernel="gpu"))
+    assert np.all(np.isfinite(got))
+    g = h // kvh
+    for r in (0, 1):
+      n = q_pos[r, 0] + 1
+      k = np.concatenate([kp[p] for p in table[r]], 0).astype(np.float64)[:n]
+      v = np.concatenate([vp[p] for p in table[r]], 0).astype(np.float64)[:n]
+      for j in range(h):
+        s = k[:, j // g] @ q[r, 0, j].astype(np.float64) / np.sqrt(dh)
+        w = np.exp(s - s.max())
+        np.testing.assert_allclose(got[r, 0, j], (w / w.sum()) @ v[:, j // g], atol=1e-5)
+
+
+def test_decode_kernel_choice():
+  from resd_jax.sampling.paged_attention import decode_attention_impl
+  assert decode_attention_impl("auto", "cpu") == "xla" and decode_attention_impl("auto", "gpu") == "xla"
+  assert decode_attention_impl("xla", "tpu") == "xla"
+  assert decode_attention_impl("pallas", "gpu") == "pallas_gpu" and decode_attention_impl("pallas", "cuda") == "pallas_gpu"
+  assert decode_attention_impl("auto", "tpu") == "pallas_tpu" and decode_attention_impl("pallas", "tpu") == "pallas_tpu"
+  with pytest.raises(ValueError, match="decode_kernel='pallas' needs a TPU or GPU backend, this one is 'cpu'"):
+    decode_attention_impl("pallas", "cpu")
+  with pytest.raises(ValueError, match="engine.decode_kernel must be one of"):
+    EngineConfig(decode_kernel="triton")
 
 
 def test_ragged_decode_attention_equals_dense_reference():
@@ -107,7 +158,7 @@ def test_ragged_decode_attention_equals_dense_reference():
   rows = [r for r in own for _ in own[r]] + [2, 2, 2]
   first = [k * page for r in own for k in range(len(own[r]))] + [1 << 30] * 3
   q = rng.normal(size=(3, 1, kvh * g, dh)).astype(np.float32)
-  got = np.asarray(ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid, kp, vp)),
+  got = np.asarray(ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid)), _layer(kp), _layer(vp),
                                            *(jnp.asarray(np.array(x, np.int32)) for x in (flat, rows, first)),
                                            dtype=jnp.float32))
   assert np.all(np.isfinite(got))
@@ -184,6 +235,15 @@ def test_stop_tokens_and_stop_strings_as_static(model):
   got = generate_paged(model, PROMPTS, sp, engine=EC, decode_text=decode)
   _same(got, generate(model, PROMPTS, sp, decode_text=decode))
   assert "stop" in got.finish_reasons
+
+
+def test_engine_decoding_through_the_gpu_kernel_equals_static_sampler(model, monkeypatch):
+  # engine.decode_kernel='pallas' on a GPU: decode attention through the Pallas GPU kernel with the rows' page
+  # tables (its interpreter here), everything else unchanged. Same tokens and log-probs as the static sampler.
+  monkeypatch.setattr(eng, "decode_attention_impl", lambda choice="auto": "pallas_gpu")
+  for sp in (SamplingParams(temperature=0, max_new_tokens=6),
+             SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=6, seed=3)):
+    _same(generate_paged(model, PROMPTS, sp, engine=EC), generate(model, PROMPTS, sp))
 
 
 def test_small_pool_waits_and_preempts_without_changing_results(model):
@@ -271,6 +331,39 @@ def test_compile_count_bounded_over_varied_lengths(model):
   assert eng.compile_counts() == {"prefill": 2, "decode": 1, "share": 1}   # the three [5, 6, 7] rows share
 
 
+def test_programs_write_each_layer_buffer_in_place(model):
+  # The pool is one [KVH, P, page, Dh] buffer per layer, donated to the prefill / decode programs: the optimised
+  # programs scatter the new tokens into those buffers and hold no copy of any (a copy would be a pass over the
+  # whole pool per layer and step).
+  from resd_jax.sampling import sampler as smp
+  from resd_jax.sampling.paged_cache import empty_pool
+  from resd_jax.sampling.paged_forward import FlatPages
+  graphdef, state = nnx.split(model)
+  cfg = model.config
+  n_pages, page, s = 64, 8, 4
+  pool = empty_pool(cfg, n_pages, page)
+  knobs = smp._knobs(SamplingParams(temperature=0, max_new_tokens=8), cfg.vocab_size)
+  i32 = lambda x: jnp.asarray(np.asarray(x, np.int32))  # noqa: E731
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(0), jnp.arange(s))
+  slots = eng.Slots(last=i32([1] * s), pos=i32([3] * s), step=i32([1] * s), max_new=i32([8] * s),
+                    done=jnp.zeros(s, bool), keys=keys)
+  flat = FlatPages(pages=i32(list(range(1, 17)) + [0] * 48), row=i32(sorted(list(range(4)) * 4) + [3] * 48),
+                   first=i32([k * page for k in range(4)] * 4 + [1 << 30] * 48), row_start=i32([0, 4, 8, 12]))
+  decode = eng.decode_fn.lower(graphdef, state, pool, slots, None, flat, knobs, k_cap=0, n_steps=4,
+                               attn_impl="xla").compile().as_text()
+  toks = i32(np.arange(32).reshape(4, 8) % 500 + 1)
+  prefill = eng.prefill_fn.lower(graphdef, state, pool, toks, i32(np.tile(np.arange(8), (4, 1))),
+                                 jnp.ones((4, 8), bool), i32(np.arange(1, 5)[:, None] + np.zeros((4, 16), int)),
+                                 i32([7, 15, 23, 31]), keys, i32([0] * 4), knobs, k_cap=0,
+                                 attn_impl="xla").compile().as_text()
+  buffer = f"f32[{cfg.num_kv_heads},{n_pages},{page},{cfg.head_dim}]"
+  for text in (decode, prefill):
+    lines = text.splitlines()
+    assert sum(buffer in line for line in lines) >= 2 * cfg.num_layers           # the buffers are there
+    assert any("scatter(" in line and line.split("=")[1].lstrip().startswith(buffer) for line in lines)
+    assert not [line for line in lines if " copy(" in line and line.split("=")[1].lstrip().startswith(buffer)]
+
+
 def test_bad_input_errors(model):
   tiny_pool = EngineConfig(page_size=8, slots=4, prefill_chunk=16, decode_steps=4, num_pages=4)
   with pytest.raises(ValueError, match=r"needs 7 pages .* pool holds 3 .* raise engine.num_pages"):
@@ -309,6 +402,12 @@ def test_config_block_checked_at_validation():
   c.engine.page_size = 16
   cs.check_engine(c)
   assert cs.as_run(c).engine_config().slots == c.rollout.sample_batch  # slots = 0 takes rollout.sample_batch
+  c.engine.decode_kernel = "pallas"                                  # this CPU has no Pallas kernel
+  with pytest.raises(cs.ConfigError, match=r"needs a TPU or GPU backend, this one is 'cpu'.*engine.decode_kernel"):
+    cs.check_engine(c)
+  c.engine.decode_kernel = "triton"
+  with pytest.raises(cs.ConfigError, match=r"engine.decode_kernel must be one of \('auto', 'xla', 'pallas'\)"):
+    cs.check_engine(c)
 
 
 def test_startup_rejects_a_budget_too_small_for_one_row():
