@@ -46,7 +46,7 @@ from resd_jax.sampling.draw import draw, kcap_for
 from resd_jax.sampling.paged_attention import KERNEL_CHOICES, decode_attention_impl
 from resd_jax.sampling.paged_cache import (PageAllocator, PagePool, PrefixIndex, bytes_per_page, empty_pool,
                                            free_memory_bytes, pages_for_budget)
-from resd_jax.sampling.paged_forward import FlatPages, paged_forward
+from resd_jax.sampling.paged_forward import FlatPages, layer_params, paged_forward
 from resd_jax.sampling.params import SamplingParams
 
 MIN_CHUNK = 16
@@ -56,6 +56,8 @@ MIN_SPAN = 128
 # A prefill block of a call whose attention span is S tokens holds S / SPAN_PER_BLOCK tokens (>= 16): see
 # `prefill_blocks`.
 SPAN_PER_BLOCK = 32
+# The smallest prefill buffer (tokens) a call runs when few tokens wait: see `prefill_blocks`.
+MIN_BUFFER = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +139,7 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatP
   `flat` (attention over the live pages only) or, for the TPU kernel, as page_table [S, nb]. Returns the pool,
   the slots and the tokens / log-probs [S, n_steps] written at column (step - step at entry)."""
   model = nnx.merge(graphdef, params)
+  layers = layer_params(model)          # sliced once, outside the loop
   s = st.last.shape[0]
   out = tuple(jnp.zeros((s, n_steps), dt) for dt in (jnp.int32, jnp.float32, jnp.float32))
 
@@ -148,7 +151,7 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatP
     i, pool, st, (ot, olp, oslp) = c
     live = ~st.done
     hidden, pool = paged_forward(model, pool, st.last[:, None], st.pos[:, None], live[:, None], page_table,
-                                 flat=flat, attn_impl=attn_impl)
+                                 flat=flat, attn_impl=attn_impl, layers=layers)
     tok, lp, slp = _draw(model.logits(hidden[:, 0]), st.keys, st.step, knobs, k_cap)
     put = lambda buf, val: jax.lax.dynamic_update_slice(buf, jnp.where(live, val, buf[:, i])[:, None], (0, i))
     is_stop = jnp.any(tok[:, None] == knobs.stop_ids[None, :], axis=-1)
@@ -214,21 +217,25 @@ def _pages(tokens: int, page: int) -> int:
   return -(-tokens // page)
 
 
-def prefill_blocks(ec: EngineConfig, divisor: int = 1, span: int = 0) -> tuple[int, int]:
-  """(qblock, nblk): a prefill call's buffer is nblk query blocks of qblock tokens; nblk = prefill_chunk /
-  qblock, rounded up to a multiple of the mesh's batch divisor. A block holds tokens of one row, so a call packs
-  the pieces of up to nblk rows, each padded to whole blocks.
+def prefill_blocks(ec: EngineConfig, divisor: int = 1, span: int = 0, tokens: int = 0) -> tuple[int, int]:
+  """(qblock, nblk): a prefill call's buffer is nblk query blocks of qblock tokens. A block holds tokens of one
+  row, so a call packs the pieces of up to nblk rows, each padded to whole blocks.
+
+  The buffer holds prefill_chunk tokens, or, when only `tokens` (> 0) wait for this call, the power of two
+  >= tokens (at least MIN_BUFFER): a lone short prompt admitted into a freed slot does not pay for a whole
+  chunk. nblk = buffer / qblock, rounded up to a multiple of the mesh's batch divisor.
 
   qblock is min(page, 16, prefill_chunk) for short attention spans and grows with the call's span (in tokens):
-  span / SPAN_PER_BLOCK, at most prefill_chunk / divisor. Every block gathers its row's whole span of keys and
+  span / SPAN_PER_BLOCK, at most buffer / divisor. Every block gathers its row's whole span of keys and
   values, so a call reads nblk x span of them per layer; growing the blocks with the span keeps that at most
   SPAN_PER_BLOCK x the buffer (a 2,048-token span read 64k keys per layer in 16-token blocks, 16k in 64-token
   ones), while rows that long lose at most qblock - 1 tokens of padding, little next to their span."""
-  q = min(ec.page_size, MIN_CHUNK, ec.prefill_chunk)
-  top = min(span // SPAN_PER_BLOCK, ec.prefill_chunk // divisor)
+  buffer = ec.prefill_chunk if tokens <= 0 else min(ec.prefill_chunk, _pow2(tokens, MIN_BUFFER))
+  q = min(ec.page_size, MIN_CHUNK, buffer)
+  top = min(span // SPAN_PER_BLOCK, buffer // divisor)
   while 2 * q <= top:
     q *= 2
-  nblk = -(-(ec.prefill_chunk // q) // divisor) * divisor
+  nblk = -(-(buffer // q) // divisor) * divisor
   return q, nblk
 
 
@@ -465,7 +472,13 @@ class _Run:
     while pending:
       first = pending[0]   # the oldest row sets the call's span (its piece as long as the buffer allows)
       nb = self._span(_pages(first.cached + min(first.target - first.cached, self.ec.prefill_chunk), self.page))
-      q, nblk = prefill_blocks(self.ec, div, nb * self.page)
+      q_full = prefill_blocks(self.ec, div, nb * self.page)[0]
+      want = 0                 # tokens (padded to blocks) of the pieces that can go in this call: sizes the buffer
+      for s in pending:
+        m = min(s.target - s.cached, self.ec.prefill_chunk, nb * self.page - s.cached)
+        if m > 0 and self._span(_pages(s.cached + m, self.page)) == nb:
+          want += _pages(m, q_full) * q_full
+      q, nblk = prefill_blocks(self.ec, div, nb * self.page, want)
       toks = np.zeros((nblk, q), np.int32)
       pos = np.zeros((nblk, q), np.int32)
       valid = np.zeros((nblk, q), bool)

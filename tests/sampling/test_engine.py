@@ -302,6 +302,21 @@ def test_long_prompt_prefills_in_blocks_that_grow_with_its_span(model):
   assert eng.prefill_blocks(ec, 2, 2048) == (32, 2) and eng.prefill_blocks(ec, 1, 1 << 15) == (64, 1)
 
 
+def test_prefill_buffer_shrinks_to_the_tokens_waiting(model):
+  # A call runs engine.prefill_chunk tokens only when that many wait: one 20-token prompt (3 blocks of 8) runs in
+  # the 64-token minimum buffer, three 30-token prompts (4 blocks each, 96 tokens) in 128, not 256. Same results.
+  ec = EngineConfig(page_size=8, slots=4, prefill_chunk=256, decode_steps=4)
+  sp = SamplingParams(temperature=0.7, max_new_tokens=5, seed=6)
+  rng = np.random.default_rng(7)
+  for lens, buffer in (([20], 64), ([30, 30, 30], 128), ([100, 100], 256)):
+    prompts = [[int(x) for x in rng.integers(1, 512, n)] for n in lens]
+    stats = {}
+    _same(generate_paged(model, prompts, sp, engine=ec, stats=stats), generate(model, prompts, sp))
+    assert stats["prefill_calls"] == 1 and stats["prefill_buffer_tokens"] == buffer
+  assert eng.prefill_blocks(ec, 1, 128, 24) == (8, 8) and eng.prefill_blocks(ec, 1, 128, 1000) == (8, 32)
+  assert eng.prefill_blocks(ec, 4, 128, 24) == (8, 8)                # 8 blocks: a multiple of the divisor
+
+
 def test_compile_count_bounded_over_varied_lengths(model):
   # Prefill packs the pieces of several rows into one fixed buffer (2 blocks of 8 tokens here), so its programs
   # depend on nothing but the attention span (pages read per block, a power of two >= 128 tokens); decode's on
