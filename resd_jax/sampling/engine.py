@@ -139,7 +139,8 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatP
   `flat` (attention over the live pages only) or, for the TPU kernel, as page_table [S, nb]. Returns the pool,
   the slots and the tokens / log-probs [S, n_steps] written at column (step - step at entry)."""
   model = nnx.merge(graphdef, params)
-  layers = layer_params(model)          # sliced once, outside the loop
+  # Unrolled layers (a per-layer pool, or model.scan_layers False): their weights sliced once, outside the loop.
+  layers = layer_params(model) if not (pool.stacked and model.config.scan_layers) else None
   s = st.last.shape[0]
   out = tuple(jnp.zeros((s, n_steps), dt) for dt in (jnp.int32, jnp.float32, jnp.float32))
 
@@ -169,8 +170,7 @@ def _share(graphdef, params, pool: PagePool, src, dst, h, keys, steps, knobs: st
   into the row's own page dst [R] (copy on write; 0 -> 0 for padding entries: the trash page), and draw each
   row's first token from the prompt's final hidden state h [R, D] with its own key fold_in(keys, steps)."""
   model = nnx.merge(graphdef, params)
-  copy = lambda xs: tuple(x.at[:, dst].set(x[:, src]) for x in xs)  # noqa: E731  (each layer [KVH, P, page, Dh])
-  pool = PagePool(k=copy(pool.k), v=copy(pool.v)).constrained()
+  pool = pool.copy_pages(src, dst).constrained()
   tok, lp, slp = _draw(model.logits(h), keys, steps, knobs, k_cap)
   return pool, tok, lp, slp
 
@@ -340,10 +340,10 @@ class _Run:
     self.page = ec.page_size
     self.alloc = PageAllocator(num_pages)
     self.prefix = PrefixIndex(self.page)
-    self.pool = empty_pool(cfg, num_pages, self.page, mesh)
+    self.impl = decode_attention_impl(ec.decode_kernel)
+    self.pool = empty_pool(cfg, num_pages, self.page, mesh, per_layer=self.impl != "xla")   # kernels: per layer
     self.slots: list[_Seq | None] = [None] * slots
     self.stops = set(params.stop_token_ids)
-    self.impl = decode_attention_impl(ec.decode_kernel)
     self.admitted = 0
     self.tails: dict[tuple[int, ...], _Seq] = {}   # whole prompt -> a live row holding all of it and its h
     self.nblk = prefill_blocks(ec, static._batch_sharding()[1])[1]   # rows per share call

@@ -1,8 +1,9 @@
 """Attention over one layer's pages of the paged KV cache.
 
-Every function here takes one layer's pages as `k_pages` / `v_pages` [KVH, P, page, Dh]: the layout JAX's
-Pallas paged-attention kernels read (TPU and GPU), so the kernels get the pool's own buffers, with no copy or
-transpose per call. The pool keeps one such buffer per layer (`paged_cache.PagePool`).
+A layer's pages are [KVH, P, page, Dh]: the layout JAX's Pallas paged-attention kernels read (TPU and GPU). The
+XLA paths take them as that array, or as the pool's stacked [L, KVH, P, page, Dh] array with `layer` (read in
+place inside the layer scan, no copy of the layer); the kernels take the pool's per-layer buffer as it is
+(`paged_cache.PagePool`).
 
 - `paged_attention(q, q_pos, q_valid, k_pages, v_pages, page_table)`: the portable XLA path for prefill (and
   decode with a page table). It gathers the `nb` pages a row's page table names (nb = the table's width, a
@@ -26,23 +27,26 @@ from resd_jax.models.attention import _NEG, _dot
 KERNEL_CHOICES = ("auto", "xla", "pallas")
 
 
-def gather_pages(pages: jax.Array, page_table: jax.Array) -> jax.Array:
-  """The keys (or values) named by page_table [B, nb] from pages [KVH, P, page, Dh]: [B, nb * page, KVH, Dh], in
-  position order."""
+def gather_pages(pages: jax.Array, page_table: jax.Array, layer: jax.Array | int | None = None) -> jax.Array:
+  """The keys (or values) named by page_table [B, nb]: [B, nb * page, KVH, Dh], in position order.
+  pages: [KVH, P, page, Dh], or [L, KVH, P, page, Dh] with `layer`."""
   b, nb = page_table.shape
-  got = pages[:, page_table]                                               # [KVH, B, nb, page, Dh]
-  kvh, _, _, page, dh = got.shape
-  return jnp.moveaxis(got, 0, 3).reshape(b, nb * page, kvh, dh)
+  if layer is None:
+    got = jnp.moveaxis(pages[:, page_table], 0, 2)                         # [B, nb, KVH, page, Dh]
+  else:
+    got = pages[layer, :, page_table]                                      # [B, nb, KVH, page, Dh]
+  _, _, kvh, page, dh = got.shape
+  return jnp.swapaxes(got, 2, 3).reshape(b, nb * page, kvh, dh)
 
 
 def paged_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
-                    page_table: jax.Array, *, dtype) -> jax.Array:
+                    page_table: jax.Array, *, dtype, layer: jax.Array | int | None = None) -> jax.Array:
   """q [B, T, H, Dh] at positions q_pos [B, T] (q_valid [B, T]: False = padding query); k/v_pages
-  [KVH, P, page, Dh] already holding every key at positions <= q_pos; page_table [B, nb].
-  Returns [B, T, H, Dh] float32 (padding queries: finite, unspecified)."""
+  [KVH, P, page, Dh] (or [L, KVH, P, page, Dh] read at `layer`) already holding every key at positions <= q_pos;
+  page_table [B, nb]. Returns [B, T, H, Dh] float32 (padding queries: finite, unspecified)."""
   b, t, h, dh = q.shape
-  k = gather_pages(k_pages, page_table)                                    # [B, S, KVH, Dh]
-  v = gather_pages(v_pages, page_table)
+  k = gather_pages(k_pages, page_table, layer)                             # [B, S, KVH, Dh]
+  v = gather_pages(v_pages, page_table, layer)
   kvh = k.shape[2]
   s_len = k.shape[1]
   q = (q * (dh ** -0.5)).reshape(b, t, kvh, h // kvh, dh)
@@ -54,7 +58,7 @@ def paged_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages:
 
 def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, k_pages: jax.Array,
                             v_pages: jax.Array, flat_pages: jax.Array, page_row: jax.Array, page_first: jax.Array,
-                            *, dtype) -> jax.Array:
+                            *, dtype, layer: jax.Array | int | None = None) -> jax.Array:
   """Decode attention (T = 1) over the live pages of all rows at once, so a step costs the pages the rows hold
   (summed), not the batch times its longest row.
 
@@ -63,16 +67,18 @@ def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, 
   first token; padding entries a position past every query, so they are masked). Each page attends to its row's
   query (a [G, page] score block per KV head); the per-page softmax statistics are combined per row with
   segment reductions (the max, then the rescaled sums), as in split-K "flash decoding".
-  q [B, 1, H, Dh], q_pos / q_valid [B, 1]; k/v_pages [KVH, P, page, Dh]. Returns [B, 1, H, Dh] float32 (rows
-  without valid keys: finite, unspecified).
+  q [B, 1, H, Dh], q_pos / q_valid [B, 1]; k/v_pages [KVH, P, page, Dh] (or [L, KVH, P, page, Dh] read at
+  `layer`). Returns [B, 1, H, Dh] float32 (rows without valid keys: finite, unspecified).
   """
   b, _, h, dh = q.shape
-  kp = k_pages[:, flat_pages]                                                 # [KVH, Np, page, Dh]
-  vp = v_pages[:, flat_pages]
-  kvh, n_p, page = kp.shape[:3]
+  if layer is None:
+    kp, vp = (jnp.moveaxis(x[:, flat_pages], 0, 1) for x in (k_pages, v_pages))   # [Np, KVH, page, Dh]
+  else:
+    kp, vp = k_pages[layer, :, flat_pages], v_pages[layer, :, flat_pages]          # [Np, KVH, page, Dh]
+  n_p, kvh, page = kp.shape[:3]
   g = h // kvh
   qp = (q[:, 0] * (dh ** -0.5)).reshape(b, kvh, g, dh)[page_row]             # [Np, KVH, G, Dh]
-  s = _dot("pkgd,kpsd->pkgs", qp, kp, dtype)                                  # [Np, KVH, G, page]
+  s = _dot("pkgd,pksd->pkgs", qp, kp, dtype)                                  # [Np, KVH, G, page]
   key_pos = page_first[:, None] + jnp.arange(page)[None, :]                  # [Np, page]
   allowed = (key_pos <= q_pos[page_row, 0][:, None]) & q_valid[page_row, 0][:, None]
   s = jnp.where(allowed[:, None, None, :], s, _NEG)
@@ -80,7 +86,7 @@ def ragged_decode_attention(q: jax.Array, q_pos: jax.Array, q_valid: jax.Array, 
   row_max = jnp.maximum(jax.ops.segment_max(jnp.max(s, axis=-1), page_row, **seg), _NEG)   # [B, KVH, G]
   e = jnp.exp(s - row_max[page_row][..., None])                              # [Np, KVH, G, page]
   denom = jax.ops.segment_sum(jnp.sum(e, axis=-1), page_row, **seg)           # [B, KVH, G]
-  num = jax.ops.segment_sum(_dot("pkgs,kpsd->pkgd", e, vp, dtype), page_row, **seg)   # [B, KVH, G, Dh]
+  num = jax.ops.segment_sum(_dot("pkgs,pksd->pkgd", e, vp, dtype), page_row, **seg)   # [B, KVH, G, Dh]
   out = num / jnp.maximum(denom, 1e-30)[..., None]
   return out.reshape(b, 1, h, dh)
 

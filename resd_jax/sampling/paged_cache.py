@@ -1,9 +1,13 @@
 """Paged KV cache: a fixed pool of fixed-size pages on the device, page tables and a host allocator.
 
-Device side: `PagePool` holds `k`, `v`: one buffer [KVH, P, page, Dh] per layer (P pages of `page` tokens),
-the layout JAX's Pallas paged-attention kernels read, so a kernel gets a layer's buffer as it is (one stacked
-[L, ...] array would need a copy of the layer per call). A sequence's tokens live in the pages its page-table
-row names, in order: token t is at page
+Device side: `PagePool` holds `k`, `v` (P pages of `page` tokens) in one of two layouts of the same
+[KVH, P, page, Dh] layer pages:
+- stacked, one [L, KVH, P, page, Dh] array each: the XLA attention paths, with the layers in a `lax.scan`
+  (fastest measured on the CPU; each layer's write is an in-place scatter into the scan's carry);
+- per layer, a tuple of L [KVH, P, page, Dh] arrays: the Pallas paged-attention kernels (TPU, GPU), which read
+  that layout and get a layer's buffer as it is (a layer sliced from a stacked array would be copied for the
+  kernel at every call: a pass over the whole pool per step), with the layers unrolled.
+A sequence's tokens live in the pages its page-table row names, in order: token t is at page
 `table[t // page]`, offset `t % page`. Page 0 is never handed out: it is the trash page that padding tokens
 and finished rows write to, so every write in a fixed-shape program has somewhere harmless to go, and page-table
 entries past a sequence's pages point at it (their keys are masked by position).
@@ -29,8 +33,8 @@ import numpy as np
 from resd_jax.models.config import ModelConfig
 from resd_jax.parallel import sharding as shd
 
-# Logical axes of a layer's pool buffer [KVH, P, page, Dh]: the KV heads go over `tensor` (like the dense cache),
-# the pages are replicated.
+# Logical axes of a layer's pool pages [KVH, P, page, Dh]: the KV heads go over `tensor` (like the dense cache),
+# the pages are replicated. A stacked pool has "layers" in front.
 POOL_AXES = ("kv_heads", None, None, None)
 TRASH_PAGE = 0
 
@@ -38,21 +42,33 @@ TRASH_PAGE = 0
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class PagePool:
-  k: tuple[jax.Array, ...]  # L x [KVH, P, page, Dh]
-  v: tuple[jax.Array, ...]  # L x [KVH, P, page, Dh]
+  k: jax.Array | tuple[jax.Array, ...]  # [L, KVH, P, page, Dh] (stacked) or L x [KVH, P, page, Dh] (per layer)
+  v: jax.Array | tuple[jax.Array, ...]
+
+  @property
+  def stacked(self) -> bool:
+    return not isinstance(self.k, tuple)
 
   @property
   def num_pages(self) -> int:
-    return self.k[0].shape[1]
+    return (self.k if self.stacked else self.k[0]).shape[-3]
 
   @property
   def page_size(self) -> int:
-    return self.k[0].shape[2]
+    return (self.k if self.stacked else self.k[0]).shape[-2]
+
+  def _map(self, fn_stacked, fn_layer) -> "PagePool":
+    if self.stacked:
+      return PagePool(k=fn_stacked(self.k), v=fn_stacked(self.v))
+    return PagePool(k=tuple(map(fn_layer, self.k)), v=tuple(map(fn_layer, self.v)))
 
   def constrained(self) -> "PagePool":
-    """The pool with every buffer laid out by POOL_AXES (inside a jit: a sharding constraint)."""
-    put = lambda xs: tuple(shd.constrain(x, POOL_AXES) for x in xs)  # noqa: E731
-    return PagePool(k=put(self.k), v=put(self.v))
+    """The pool laid out by POOL_AXES (inside a jit: a sharding constraint)."""
+    return self._map(lambda x: shd.constrain(x, ("layers",) + POOL_AXES), lambda x: shd.constrain(x, POOL_AXES))
+
+  def copy_pages(self, src: jax.Array, dst: jax.Array) -> "PagePool":
+    """Every layer's page src[i] copied into page dst[i] (src, dst [R] page ids)."""
+    return self._map(lambda x: x.at[:, :, dst].set(x[:, :, src]), lambda x: x.at[:, dst].set(x[:, src]))
 
 
 def bytes_per_page(cfg: ModelConfig, page_size: int) -> int:
@@ -80,15 +96,20 @@ def free_memory_bytes() -> int:
     return 0
 
 
-def empty_pool(cfg: ModelConfig, num_pages: int, page_size: int, mesh: Any = None) -> PagePool:
-  """A zero pool (finite values everywhere: masked keys are multiplied by exact zeros), laid out by POOL_AXES."""
-  shape = (cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
+def empty_pool(cfg: ModelConfig, num_pages: int, page_size: int, mesh: Any = None,
+               per_layer: bool = False) -> PagePool:
+  """A zero pool (finite values everywhere: masked keys are multiplied by exact zeros), laid out by POOL_AXES:
+  stacked [L, KVH, P, page, Dh] arrays, or per_layer=True tuples of L [KVH, P, page, Dh] arrays (the kernels')."""
+  page_shape = (cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
+  shape, axes = (page_shape, POOL_AXES) if per_layer else ((cfg.num_layers,) + page_shape, ("layers",) + POOL_AXES)
   dtype = jnp.dtype(cfg.compute_dtype)
   if mesh is None:
     make = lambda: jnp.zeros(shape, dtype)  # noqa: E731
   else:
-    sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(shape, POOL_AXES, mesh))
+    sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(shape, axes, mesh))
     make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+  if not per_layer:
+    return PagePool(k=make(), v=make())
   layers = range(cfg.num_layers)
   return PagePool(k=tuple(make() for _ in layers), v=tuple(make() for _ in layers))
 

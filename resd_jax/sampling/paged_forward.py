@@ -2,10 +2,13 @@
 
 `paged_forward(model, pool, tokens, positions, valid, page_table)` embeds, runs every decoder layer through
 `transformer.decoder_layer` (so the projections, norms, rotary, MLP / MoE and any later change to them are the
-model's), and hands the layer an attention callable that writes the new keys / values into that layer's pool
-buffer and attends over the row's pages (`paged_attention`, the ragged decode path or a Pallas kernel). The
-layers are unrolled, as inference engines do: each layer's pool buffer is its own array, written in place (a
-scatter of the new tokens only) and handed to a kernel as it is.
+model's), and hands the layer an attention callable that writes the new keys / values into the layer's pages
+(an in-place scatter of the new tokens only) and attends over the row's pages (`paged_attention`, the ragged
+decode path or a Pallas kernel).
+
+Layers: a stacked pool (XLA attention) runs them in a `lax.scan` with the pool as its carry (or unrolled when
+`model.scan_layers` is False); a per-layer pool (the Pallas kernels) runs them unrolled, so each layer's buffer
+stays its own array and reaches the kernel as it is.
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ class FlatPages:
 
 def layer_params(model: Any) -> list[dict[str, jax.Array]]:
   """Each layer's parameters, sliced from the model's stacked [L, ...] arrays. A decode loop slices them once,
-  before the loop: sliced inside it, XLA copied every layer's weights at every step (a second pass over the
-  weights per step, 20-30% of a CPU decode step)."""
+  before the loop (unrolled layers only: a scan slices them itself): sliced inside it, XLA copied every layer's
+  weights at every step (a second pass over the weights per step, 20-30% of a CPU decode step)."""
   stacked = model.layers.arrays()
   return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(model.config.num_layers)]
 
@@ -71,20 +74,55 @@ def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.
     attend_fn = lambda q, pos, m, kp, vp: pallas_decode_attention(  # noqa: E731
         q, pos, m, kp, vp, page_table, dtype=cd, kernel=kernel)
   elif flat is not None:
-    attend_fn = lambda q, pos, m, kp, vp: ragged_decode_attention(  # noqa: E731
-        q, pos, m, kp, vp, flat.pages, flat.row, flat.first, dtype=cd)
+    attend_fn = lambda q, pos, m, kp, vp, layer=None: ragged_decode_attention(  # noqa: E731
+        q, pos, m, kp, vp, flat.pages, flat.row, flat.first, dtype=cd, layer=layer)
   else:
-    attend_fn = lambda q, pos, m, kp, vp: paged_attention(q, pos, m, kp, vp, page_table, dtype=cd)  # noqa: E731
+    attend_fn = lambda q, pos, m, kp, vp, layer=None: paged_attention(  # noqa: E731
+        q, pos, m, kp, vp, page_table, dtype=cd, layer=layer)
 
-  if layers is None:
-    layers = layer_params(model)
-  ks, vs = list(pool.k), list(pool.v)
-  for l in range(cfg.num_layers):
-    def attend(q, k, v, mask, l=l):   # k, v [B, T, KVH, Dh] -> the layer's buffers [KVH, P, page, Dh]
-      ks[l] = ks[l].at[:, page_ids, offsets].set(jnp.moveaxis(k, 2, 0).astype(ks[l].dtype))
-      vs[l] = vs[l].at[:, page_ids, offsets].set(jnp.moveaxis(v, 2, 0).astype(vs[l].dtype))
-      return attend_fn(q, positions, mask, ks[l], vs[l])
+  def write(pages, x, l=None):   # x [B, T, KVH, Dh] into the layer's pages at (page_ids, offsets)
+    if l is None:                  # per-layer buffer [KVH, P, page, Dh]
+      return pages.at[:, page_ids, offsets].set(jnp.moveaxis(x, 2, 0).astype(pages.dtype))
+    return pages.at[l, :, page_ids, offsets].set(x.astype(pages.dtype))   # stacked [L, KVH, P, page, Dh]
 
-    x, _, _ = tf.decoder_layer(cfg, layers[l], x, cos, sin, valid, attend)
-  pool = PagePool(k=tuple(ks), v=tuple(vs)).constrained()
+  if not pool.stacked:
+    if layers is None:
+      layers = layer_params(model)
+    ks, vs = list(pool.k), list(pool.v)
+    for l in range(cfg.num_layers):
+      def attend(q, k, v, mask, l=l):
+        ks[l], vs[l] = write(ks[l], k), write(vs[l], v)
+        return attend_fn(q, positions, mask, ks[l], vs[l])
+
+      x, _, _ = tf.decoder_layer(cfg, layers[l], x, cos, sin, valid, attend)
+    pool = PagePool(k=tuple(ks), v=tuple(vs)).constrained()
+    return tf.rms_norm(x, model.final_norm[...], cfg.rms_norm_eps), pool
+
+  if kernel is not None:
+    raise ValueError("paged_forward: the Pallas kernels read a per-layer pool (empty_pool(..., per_layer=True))")
+
+  def layer(x, pk, pv, p, l):
+    box = {}
+
+    def attend(q, k, v, mask):
+      nk, nv = write(pk, k, l), write(pv, v, l)
+      box["kv"] = nk, nv
+      return attend_fn(q, positions, mask, nk, nv, layer=l)
+
+    x, _, _ = tf.decoder_layer(cfg, p, x, cos, sin, valid, attend)
+    return x, box["kv"]
+
+  if cfg.scan_layers:
+    def body(carry, xs):
+      x, pk, pv = carry
+      x, (pk, pv) = layer(x, pk, pv, *xs)
+      return (x, pk, pv), None
+    (x, pk, pv), _ = jax.lax.scan(body, (x, pool.k, pool.v), (model.layers.arrays(), jnp.arange(cfg.num_layers)))
+  else:
+    if layers is None:
+      layers = layer_params(model)
+    pk, pv = pool.k, pool.v
+    for l in range(cfg.num_layers):
+      x, (pk, pv) = layer(x, pk, pv, layers[l], l)
+  pool = PagePool(k=pk, v=pv).constrained()
   return tf.rms_norm(x, model.final_norm[...], cfg.rms_norm_eps), pool

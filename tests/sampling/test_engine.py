@@ -58,6 +58,11 @@ def test_paged_attention_equals_dense_reference():
   valid = np.array([[True] * t, [True, True, False]])                # row 1's last query is padding
   got = np.asarray(paged_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid), _layer(kp),
                                    _layer(vp), jnp.asarray(table), dtype=jnp.float32))
+  # the same pages as layer 1 of a stacked pool [L, KVH, P, page, Dh], read in place
+  stack = lambda x: jnp.stack([jnp.zeros_like(_layer(x)), _layer(x), -_layer(x)])  # noqa: E731
+  np.testing.assert_array_equal(got, paged_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid),
+                                                     stack(kp), stack(vp), jnp.asarray(table), dtype=jnp.float32,
+                                                     layer=1))
   for b in range(2):
     k = np.concatenate([kp[p] for p in table[b]], 0).astype(np.float64)    # dense [S, KVH, Dh]
     v = np.concatenate([vp[p] for p in table[b]], 0).astype(np.float64)
@@ -158,9 +163,12 @@ def test_ragged_decode_attention_equals_dense_reference():
   rows = [r for r in own for _ in own[r]] + [2, 2, 2]
   first = [k * page for r in own for k in range(len(own[r]))] + [1 << 30] * 3
   q = rng.normal(size=(3, 1, kvh * g, dh)).astype(np.float32)
-  got = np.asarray(ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid)), _layer(kp), _layer(vp),
-                                           *(jnp.asarray(np.array(x, np.int32)) for x in (flat, rows, first)),
+  lists = [jnp.asarray(np.array(x, np.int32)) for x in (flat, rows, first)]
+  got = np.asarray(ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid)), _layer(kp), _layer(vp), *lists,
                                            dtype=jnp.float32))
+  stack = lambda x: jnp.stack([jnp.zeros_like(_layer(x)), _layer(x)])  # noqa: E731   (layer 1 of a stacked pool)
+  np.testing.assert_array_equal(got, ragged_decode_attention(*map(jnp.asarray, (q, q_pos, valid)), stack(kp),
+                                                             stack(vp), *lists, dtype=jnp.float32, layer=1))
   assert np.all(np.isfinite(got))
   for b in (0, 2):
     k = np.concatenate([kp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
@@ -346,17 +354,17 @@ def test_compile_count_bounded_over_varied_lengths(model):
   assert eng.compile_counts() == {"prefill": 2, "decode": 1, "share": 1}   # the three [5, 6, 7] rows share
 
 
-def test_programs_write_each_layer_buffer_in_place(model):
-  # The pool is one [KVH, P, page, Dh] buffer per layer, donated to the prefill / decode programs: the optimised
-  # programs scatter the new tokens into those buffers and hold no copy of any (a copy would be a pass over the
-  # whole pool per layer and step).
+def test_programs_write_the_pool_in_place(model):
+  # The pool is donated to the prefill / decode programs, stacked [L, KVH, P, page, Dh] (XLA attention, layers
+  # scanned) or one [KVH, P, page, Dh] buffer per layer (the Pallas kernels, layers unrolled): the optimised
+  # programs scatter the new tokens into it and hold no copy of it (a copy would be a pass over the whole pool
+  # per layer and step).
   from resd_jax.sampling import sampler as smp
   from resd_jax.sampling.paged_cache import empty_pool
   from resd_jax.sampling.paged_forward import FlatPages
   graphdef, state = nnx.split(model)
   cfg = model.config
   n_pages, page, s = 64, 8, 4
-  pool = empty_pool(cfg, n_pages, page)
   knobs = smp._knobs(SamplingParams(temperature=0, max_new_tokens=8), cfg.vocab_size)
   i32 = lambda x: jnp.asarray(np.asarray(x, np.int32))  # noqa: E731
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(0), jnp.arange(s))
@@ -364,19 +372,27 @@ def test_programs_write_each_layer_buffer_in_place(model):
                     done=jnp.zeros(s, bool), keys=keys)
   flat = FlatPages(pages=i32(list(range(1, 17)) + [0] * 48), row=i32(sorted(list(range(4)) * 4) + [3] * 48),
                    first=i32([k * page for k in range(4)] * 4 + [1 << 30] * 48), row_start=i32([0, 4, 8, 12]))
-  decode = eng.decode_fn.lower(graphdef, state, pool, slots, None, flat, knobs, k_cap=0, n_steps=4,
-                               attn_impl="xla").compile().as_text()
   toks = i32(np.arange(32).reshape(4, 8) % 500 + 1)
-  prefill = eng.prefill_fn.lower(graphdef, state, pool, toks, i32(np.tile(np.arange(8), (4, 1))),
-                                 jnp.ones((4, 8), bool), i32(np.arange(1, 5)[:, None] + np.zeros((4, 16), int)),
-                                 i32([7, 15, 23, 31]), keys, i32([0] * 4), knobs, k_cap=0,
-                                 attn_impl="xla").compile().as_text()
-  buffer = f"f32[{cfg.num_kv_heads},{n_pages},{page},{cfg.head_dim}]"
-  for text in (decode, prefill):
+
+  def prefill(pool):
+    return eng.prefill_fn.lower(graphdef, state, pool, toks, i32(np.tile(np.arange(8), (4, 1))),
+                                jnp.ones((4, 8), bool), i32(np.arange(1, 5)[:, None] + np.zeros((4, 16), int)),
+                                i32([7, 15, 23, 31]), keys, i32([0] * 4), knobs, k_cap=0,
+                                attn_impl="xla").compile().as_text()
+
+  layer = f"{cfg.num_kv_heads},{n_pages},{page},{cfg.head_dim}]"
+  stacked = empty_pool(cfg, n_pages, page)
+  assert stacked.stacked and stacked.k.shape == (cfg.num_layers, cfg.num_kv_heads, n_pages, page, cfg.head_dim)
+  decode = eng.decode_fn.lower(graphdef, state, stacked, slots, None, flat, knobs, k_cap=0, n_steps=4,
+                               attn_impl="xla").compile().as_text()
+  per_layer = empty_pool(cfg, n_pages, page, per_layer=True)
+  assert len(per_layer.k) == cfg.num_layers and per_layer.num_pages == n_pages and per_layer.page_size == page
+  for text, shape, count in ((decode, f"f32[{cfg.num_layers},{layer}", 2), (prefill(stacked), f"f32[{cfg.num_layers},{layer}", 2),
+                             (prefill(per_layer), f"f32[{layer}", 2 * cfg.num_layers)):
     lines = text.splitlines()
-    assert sum(buffer in line for line in lines) >= 2 * cfg.num_layers           # the buffers are there
-    assert any("scatter(" in line and line.split("=")[1].lstrip().startswith(buffer) for line in lines)
-    assert not [line for line in lines if " copy(" in line and line.split("=")[1].lstrip().startswith(buffer)]
+    assert sum(shape in line for line in lines) >= count                      # the buffers are there
+    assert any("scatter(" in line and line.split("=")[1].lstrip().startswith(shape) for line in lines)
+    assert not [line for line in lines if " copy(" in line and line.split("=")[1].lstrip().startswith(shape)]
 
 
 def test_bad_input_errors(model):
