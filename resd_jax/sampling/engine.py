@@ -405,8 +405,12 @@ class _Run:
       self._share_round()
 
   def _headroom(self) -> int:
-    live = sum(s is not None for s in self.slots)
-    return _pages(self.ec.decode_steps, self.page) * live
+    """Pages the admitted rows still need for their next decode call (up to decode_steps more tokens each, no
+    more than their max_new_tokens allows): kept free when admitting, so a new row does not force a preemption
+    at once. (Counting decode_steps tokens for every row made rows wait for pages that no one would use.)"""
+    k = self.ec.decode_steps
+    return sum(max(0, _pages(max(s.cached, s.target) + min(k, s.max_new - len(s.gen)), self.page) - len(s.pages))
+               for s in self.slots if s is not None)
 
   def _admit(self, waiting: collections.deque) -> None:
     for slot in range(len(self.slots)):

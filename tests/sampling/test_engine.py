@@ -265,6 +265,20 @@ def test_small_pool_waits_and_preempts_without_changing_results(model):
   assert stats["preemptions"] > 0
 
 
+def test_admission_keeps_free_only_the_pages_rows_will_use(model):
+  # 4 rows of 40 prompt + 8 new tokens need 3 pages of 16 each, and the pool has exactly 12 (+ trash). Every
+  # row is admitted at once and decodes in one call: the decode headroom counts the pages a row can still use
+  # (none here: its 3 pages hold prompt and answer), not decode_steps tokens per row.
+  rng = np.random.default_rng(8)
+  prompts = [[int(x) for x in rng.integers(1, 512, 40)] for _ in range(4)]
+  sp = SamplingParams(temperature=0, max_new_tokens=8)
+  stats = {}
+  got = generate_paged(model, prompts, sp, engine=EngineConfig(page_size=16, slots=4, decode_steps=32,
+                                                               num_pages=13), stats=stats)
+  _same(got, generate(model, prompts, sp))
+  assert stats["decode_calls"] == 1 and stats["decode_steps"] == 7 and stats["preemptions"] == 0
+
+
 def test_shared_prefixes_prefill_once_same_results(model):
   sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=2)
   system = PROMPTS[3][:32]                                           # 4 full pages of common prefix
