@@ -35,6 +35,21 @@ def _layer(pages: np.ndarray) -> jax.Array:
   return jnp.asarray(np.moveaxis(pages, 2, 0))
 
 
+def _dense_decode_reference(q_row, kp, vp, pages, n):
+  """float64 attention of one decode query q_row [H, Dh] over the first n keys held in `pages` (ids into kp /
+  vp [P, page, KVH, Dh]): [H, Dh]."""
+  k = np.concatenate([kp[p] for p in pages], 0).astype(np.float64)[:n]      # dense [n, KVH, Dh]
+  v = np.concatenate([vp[p] for p in pages], 0).astype(np.float64)[:n]
+  h, dh = q_row.shape
+  g = h // k.shape[1]
+  out = np.zeros((h, dh))
+  for j in range(h):
+    s = k[:, j // g] @ q_row[j].astype(np.float64) / np.sqrt(dh)
+    w = np.exp(s - s.max())
+    out[j] = (w / w.sum()) @ v[:, j // g]
+  return out
+
+
 def _same(a, b, atol=1e-4):
   assert a.tokens == b.tokens
   assert a.lengths == b.lengths and a.finish_reasons == b.finish_reasons
@@ -96,15 +111,9 @@ def test_pallas_decode_kernel_in_tpu_interpret_mode_equals_dense_reference():
     got = np.asarray(pallas_decode_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.ones((b, 1), bool),
                                              _layer(kp), _layer(vp), jnp.asarray(table), dtype=jnp.float32,
                                              kernel="tpu"))
-  g = h // kvh
   for r in range(b):
-    n = q_pos[r, 0] + 1
-    k = np.concatenate([kp[p] for p in table[r]], 0).astype(np.float64)[:n]   # dense [n, KVH, Dh]
-    v = np.concatenate([vp[p] for p in table[r]], 0).astype(np.float64)[:n]
-    for j in range(h):
-      s = k[:, j // g] @ q[r, 0, j].astype(np.float64) / np.sqrt(dh)
-      w = np.exp(s - s.max())
-      np.testing.assert_allclose(got[r, 0, j], (w / w.sum()) @ v[:, j // g], atol=5e-3)
+    np.testing.assert_allclose(got[r, 0], _dense_decode_reference(q[r, 0], kp, vp, table[r], q_pos[r, 0] + 1),
+                               atol=5e-3)
 
 
 def test_pallas_gpu_decode_kernel_in_interpret_mode_equals_dense_reference():
@@ -128,15 +137,9 @@ def test_pallas_gpu_decode_kernel_in_interpret_mode_equals_dense_reference():
     got = np.asarray(pallas_decode_attention(jnp.asarray(q), jnp.asarray(q_pos), jnp.asarray(valid), _layer(kp),
                                              _layer(vp), jnp.asarray(table), dtype=jnp.float32, kernel="gpu"))
     assert np.all(np.isfinite(got))
-    g = h // kvh
     for r in (0, 1):
-      n = q_pos[r, 0] + 1
-      k = np.concatenate([kp[p] for p in table[r]], 0).astype(np.float64)[:n]
-      v = np.concatenate([vp[p] for p in table[r]], 0).astype(np.float64)[:n]
-      for j in range(h):
-        s = k[:, j // g] @ q[r, 0, j].astype(np.float64) / np.sqrt(dh)
-        w = np.exp(s - s.max())
-        np.testing.assert_allclose(got[r, 0, j], (w / w.sum()) @ v[:, j // g], atol=1e-5)
+      np.testing.assert_allclose(got[r, 0], _dense_decode_reference(q[r, 0], kp, vp, table[r], q_pos[r, 0] + 1),
+                                 atol=1e-5)
 
 
 def test_decode_kernel_choice():
@@ -171,12 +174,8 @@ def test_ragged_decode_attention_equals_dense_reference():
                                                              stack(vp), *lists, dtype=jnp.float32, layer=1))
   assert np.all(np.isfinite(got))
   for b in (0, 2):
-    k = np.concatenate([kp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
-    v = np.concatenate([vp[p] for p in own[b]], 0).astype(np.float64)[:q_pos[b, 0] + 1]
-    for h in range(kvh * g):
-      s = k[:, h // g] @ q[b, 0, h].astype(np.float64) / np.sqrt(dh)
-      p = np.exp(s - s.max())
-      np.testing.assert_allclose(got[b, 0, h], (p / p.sum()) @ v[:, h // g], atol=1e-5)
+    np.testing.assert_allclose(got[b, 0], _dense_decode_reference(q[b, 0], kp, vp, own[b], q_pos[b, 0] + 1),
+                               atol=1e-5)
 
 
 def test_page_allocator_refcounts_and_prefix_index():
