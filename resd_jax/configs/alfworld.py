@@ -11,6 +11,7 @@ Validation reports the success rate overall and per task type on valid_seen and 
 (`val/valid_seen/success`, `val/valid_unseen/success/pick_and_place_simple`, ...).
 """
 from resd_jax.configs import base
+from resd_jax.roles.config import ROLES
 
 
 def get_config(variant: str = ""):
@@ -29,8 +30,8 @@ def get_config(variant: str = ""):
   c.rollout.sample_batch = 64
   c.train.micro_batches = 25      # 16 rows per micro-batch
   c.context.teacher_context_tokens = 4096
-  for role in ("reflector", "tagger", "curator"):  # deviation: not the per-turn rollout budget (512), as a
-    c.roles[role].max_new_tokens = 1024            # reflection reads a whole episode
+  for role in ROLES:                       # deviation: not the per-turn rollout budget (512), as a
+    c.roles[role].max_new_tokens = 1024    # reflection reads a whole episode
   c.eval.num_samples = 1          # one episode per validation game
   c.eval.every_outer = 8
   c.checkpoint.every = 16
@@ -49,7 +50,7 @@ def get_config(variant: str = ""):
     c.rollout.max_teacher_prompt_len = 1792
     c.train.micro_batches = 1
     c.context.teacher_context_tokens = 1024
-    for role in ("reflector", "tagger", "curator"):
+    for role in ROLES:
       c.roles[role].max_new_tokens = 64
     c.eval.num_samples = 1
     c.eval.max_response_len = 32

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from resd_jax.roles.config import ROLES
+
 
 def get_base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -140,7 +142,7 @@ def get_base() -> ml_collections.ConfigDict:
   # through its rollout engine with the rollout's settings (temperature 1.0, top-p 0.95, the rollout's response
   # budget, thinking as the rollout). Earlier versions of this code used 1,024 tokens at temperature 0.6, top-p 1.
   c.roles = ml_collections.ConfigDict()
-  for _role in ("reflector", "tagger", "curator"):
+  for _role in ROLES:
     r = c.roles[_role] = ml_collections.ConfigDict()
     r.backend = "policy"        # policy | local | endpoint
     r.model_source = ""         # local: hf | gguf | embedded | preset (random weights; model_path = preset name)
@@ -269,7 +271,7 @@ def tiny_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.context.max_entries = 20
   c.context.max_playbook_tokens = 512
   c.context.teacher_context_tokens = 1024
-  for _role in ("reflector", "tagger", "curator"):
+  for _role in ROLES:
     c.roles[_role].max_new_tokens = 96
   c.distill.top_k = 16
   c.distill.chunk = 64
