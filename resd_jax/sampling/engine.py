@@ -46,7 +46,7 @@ from resd_jax.sampling.draw import draw, kcap_for
 from resd_jax.sampling.paged_attention import KERNEL_CHOICES, decode_attention_impl
 from resd_jax.sampling.paged_cache import (PageAllocator, PagePool, PrefixIndex, bytes_per_page, empty_pool,
                                            free_memory_bytes, pages_for_budget)
-from resd_jax.sampling.paged_forward import FlatPages, layer_params, paged_forward
+from resd_jax.sampling.paged_forward import FlatPages, layer_params, paged_forward, runs_unrolled
 from resd_jax.sampling.params import SamplingParams
 
 MIN_CHUNK = 16
@@ -140,7 +140,7 @@ def _decode(graphdef, params, pool: PagePool, st: Slots, page_table, flat: FlatP
   the slots and the tokens / log-probs [S, n_steps] written at column (step - step at entry)."""
   model = nnx.merge(graphdef, params)
   # Unrolled layers (a per-layer pool, or model.scan_layers False): their weights sliced once, outside the loop.
-  layers = layer_params(model) if not (pool.stacked and model.config.scan_layers) else None
+  layers = layer_params(model) if runs_unrolled(model, pool) else None
   s = st.last.shape[0]
   out = tuple(jnp.zeros((s, n_steps), dt) for dt in (jnp.int32, jnp.float32, jnp.float32))
 
@@ -346,7 +346,8 @@ class _Run:
     self.stops = set(params.stop_token_ids)
     self.admitted = 0
     self.tails: dict[tuple[int, ...], _Seq] = {}   # whole prompt -> a live row holding all of it and its h
-    self.nblk = prefill_blocks(ec, static._batch_sharding()[1])[1]   # rows per share call
+    self.divisor = static._batch_sharding()[1]                     # the mesh's data x fsdp
+    self.nblk = prefill_blocks(ec, self.divisor)[1]                  # rows per share call
     self.stats = {"prefill_calls": 0, "decode_calls": 0, "preemptions": 0, "shared_pages": 0,
                   "pool_pages": num_pages, "slots": slots, "prefill_tokens": 0, "prefill_buffer_tokens": 0,
                   "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "cow_rows": 0, "cow_pages": 0, "share_calls": 0,
@@ -404,13 +405,20 @@ class _Run:
     if any(s is not None and s.state == "share" for s in self.slots):
       self._share_round()
 
+  def _after_next_decode(self, s: _Seq) -> int:
+    """Tokens row s holds after its next decode call: up to decode_steps more, no more than its max_new_tokens
+    allows (a row still prefilling counts its whole prompt)."""
+    return max(s.cached, s.target) + min(self.ec.decode_steps, s.max_new - len(s.gen))
+
+  def _pages_short(self, s: _Seq) -> int:
+    """Pages row s still needs for its next decode call."""
+    return max(0, _pages(self._after_next_decode(s), self.page) - len(s.pages))
+
   def _headroom(self) -> int:
-    """Pages the admitted rows still need for their next decode call (up to decode_steps more tokens each, no
-    more than their max_new_tokens allows): kept free when admitting, so a new row does not force a preemption
-    at once. (Counting decode_steps tokens for every row made rows wait for pages that no one would use.)"""
-    k = self.ec.decode_steps
-    return sum(max(0, _pages(max(s.cached, s.target) + min(k, s.max_new - len(s.gen)), self.page) - len(s.pages))
-               for s in self.slots if s is not None)
+    """Pages the admitted rows still need for their next decode call: kept free when admitting, so a new row
+    does not force a preemption at once. (Counting decode_steps tokens for every row made rows wait for pages
+    that no one would use.)"""
+    return sum(self._pages_short(s) for s in self.slots if s is not None)
 
   def _admit(self, waiting: collections.deque) -> None:
     for slot in range(len(self.slots)):
@@ -471,18 +479,14 @@ class _Run:
     does not fit is cut at the buffer's end or at the span's end (the rest goes in the next round). A call holds
     only pieces of one attention span (the first row's), so short prompts packed together do not read the span
     of a long one that is prefilling at the same time."""
-    div = static._batch_sharding()[1]
     pending = sorted((s for s in self.slots if s is not None and s.state == "prefill"), key=lambda s: s.order)
     while pending:
       first = pending[0]   # the oldest row sets the call's span (its piece as long as the buffer allows)
       nb = self._span(_pages(first.cached + min(first.target - first.cached, self.ec.prefill_chunk), self.page))
-      q_full = prefill_blocks(self.ec, div, nb * self.page)[0]
-      want = 0                 # tokens (padded to blocks) of the pieces that can go in this call: sizes the buffer
-      for s in pending:
-        m = min(s.target - s.cached, self.ec.prefill_chunk, nb * self.page - s.cached)
-        if m > 0 and self._span(_pages(s.cached + m, self.page)) == nb:
-          want += _pages(m, q_full) * q_full
-      q, nblk = prefill_blocks(self.ec, div, nb * self.page, want)
+      q_full = prefill_blocks(self.ec, self.divisor, nb * self.page)[0]
+      # tokens (padded to blocks) of the pieces that can go in this call: sizes the buffer
+      want = sum(_pages(m, q_full) * q_full for m in (self._piece(s, nb, self.ec.prefill_chunk) for s in pending))
+      q, nblk = prefill_blocks(self.ec, self.divisor, nb * self.page, want)
       toks = np.zeros((nblk, q), np.int32)
       pos = np.zeros((nblk, q), np.int32)
       valid = np.zeros((nblk, q), bool)
@@ -496,9 +500,8 @@ class _Run:
         if b == nblk:
           rest.append(s)
           continue
-        m = min(s.target - s.cached, (nblk - b) * q, nb * self.page - s.cached)
-        # One span per call: a short prompt's blocks never read a long prompt's span (nor the reverse).
-        if m <= 0 or self._span(_pages(s.cached + m, self.page)) != nb:
+        m = self._piece(s, nb, (nblk - b) * q)
+        if not m:
           rest.append(s)
           continue
         at = np.arange(m)
@@ -566,6 +569,13 @@ class _Run:
         self.tails.setdefault(tuple(s.prompt), s)
         self._record(s, [int(tok[j])], [float(lp[j])], [float(slp[j])])
 
+  def _piece(self, s: _Seq, nb: int, room: int) -> int:
+    """Tokens of row s's next prefill piece in a call of span nb pages with `room` tokens free; 0 when it
+    does not belong in that call. One span per call: a short prompt's blocks never read a long prompt's span
+    (nor the reverse)."""
+    m = min(s.target - s.cached, room, nb * self.page - s.cached)
+    return m if m > 0 and self._span(_pages(s.cached + m, self.page)) == nb else 0
+
   def _span(self, pages: int) -> int:
     """Pages the attention reads per row: a power of two >= pages (and >= MIN_SPAN tokens)."""
     return _pow2(pages, max(1, MIN_SPAN // self.page))
@@ -609,16 +619,14 @@ class _Run:
     k = self.ec.decode_steps
     while True:   # pages for up to k more tokens per decoding row; preempt the last admitted row if short
       live = [(i, s) for i, s in enumerate(self.slots) if s is not None and s.state == "decode"]
-      need = {i: max(0, _pages(s.cached + min(k, s.max_new - len(s.gen)), self.page) - len(s.pages))
-              for i, s in live}
-      if sum(need.values()) <= self.alloc.free:
+      if sum(self._pages_short(s) for _, s in live) <= self.alloc.free:
         break
       victim = max((i for i, s in enumerate(self.slots) if s is not None), key=lambda i: self.slots[i].order)
       self._preempt(victim, waiting)
     if not live:
       return
     for i, s in live:
-      self._grow(s, s.cached + min(k, s.max_new - len(s.gen)))
+      self._grow(s, self._after_next_decode(s))
     n_slots = len(self.slots)
     table, flat = None, None
     if self.impl != "xla":   # a Pallas kernel: a page table of the longest live row's span

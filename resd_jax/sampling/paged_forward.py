@@ -42,6 +42,12 @@ def layer_params(model: Any) -> list[dict[str, jax.Array]]:
   return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(model.config.num_layers)]
 
 
+def runs_unrolled(model: Any, pool: PagePool) -> bool:
+  """Whether `paged_forward` unrolls the layers: a per-layer pool always does, a stacked one unless the model
+  scans its layers."""
+  return not (pool.stacked and model.config.scan_layers)
+
+
 def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
                   page_table: jax.Array | None = None, *, flat: FlatPages | None = None,
                   attn_impl: str = "xla", layers: list[dict[str, jax.Array]] | None = None
@@ -85,9 +91,9 @@ def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.
       return pages.at[:, page_ids, offsets].set(jnp.moveaxis(x, 2, 0).astype(pages.dtype))
     return pages.at[l, :, page_ids, offsets].set(x.astype(pages.dtype))   # stacked [L, KVH, P, page, Dh]
 
+  if layers is None and runs_unrolled(model, pool):
+    layers = layer_params(model)
   if not pool.stacked:
-    if layers is None:
-      layers = layer_params(model)
     ks, vs = list(pool.k), list(pool.v)
     for l in range(cfg.num_layers):
       def attend(q, k, v, mask, l=l):
@@ -119,8 +125,6 @@ def paged_forward(model: Any, pool: PagePool, tokens: jax.Array, positions: jax.
       return (x, pk, pv), None
     (x, pk, pv), _ = jax.lax.scan(body, (x, pool.k, pool.v), (model.layers.arrays(), jnp.arange(cfg.num_layers)))
   else:
-    if layers is None:
-      layers = layer_params(model)
     pk, pv = pool.k, pool.v
     for l in range(cfg.num_layers):
       x, (pk, pv) = layer(x, pk, pv, layers[l], l)
